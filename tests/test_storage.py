@@ -1,0 +1,421 @@
+"""The storage API, run against both backends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from xmppd.storage import RosterItem, ScramCredentials, StorageError, open_storage
+from xmppd.storage.migrations import MIGRATIONS
+from xmppd.storage.sql import atomic, execute, select
+
+from .storage_fixtures import BACKENDS, backend_config, run, storage  # noqa: F401
+
+SHA1 = ScramCredentials(b"salt-1\x00\xff", 4096, b"\x01" * 20, b"\x02" * 20)
+SHA256 = ScramCredentials(b"salt-256", 10000, b"\x03" * 32, b"\x04" * 32)
+SUBSCRIBE = "<presence xmlns='jabber:client' from='{}' to='alice@example.org' type='subscribe'/>"
+
+
+def raw(storage, sql_text, *params):
+    """Rows of a query run through the backend's own driver (to look under the API)."""
+
+    def script():
+        return (yield select(sql_text, *params))
+
+    script.__name__ = "raw"
+    return run(storage._run(script))
+
+
+# -- accounts ---------------------------------------------------------------
+
+
+def test_create_user_and_credentials(storage):
+    assert run(storage.create_user("alice", {"SCRAM-SHA-1": SHA1, "SCRAM-SHA-256": SHA256})) is True
+    assert run(storage.create_user("alice", {"SCRAM-SHA-1": SHA256})) is False
+    assert run(storage.user_exists("alice")) is True
+    assert run(storage.user_exists("bob")) is False
+    got = run(storage.get_credentials("alice", "SCRAM-SHA-1"))
+    assert got == SHA1
+    assert type(got.salt) is bytes and type(got.stored_key) is bytes and type(got.server_key) is bytes
+    assert run(storage.get_credentials("alice", "SCRAM-SHA-256")) == SHA256
+    assert run(storage.get_credentials("alice", "SCRAM-SHA-512")) is None
+    assert run(storage.get_credentials("bob", "SCRAM-SHA-1")) is None
+
+
+def test_create_user_without_credentials(storage):
+    assert run(storage.create_user("carol", {})) is True
+    assert run(storage.user_exists("carol")) is True
+    assert run(storage.get_credentials("carol", "SCRAM-SHA-1")) is None
+
+
+def test_set_credentials_replaces_all(storage):
+    run(storage.create_user("alice", {"SCRAM-SHA-1": SHA1, "SCRAM-SHA-256": SHA256}))
+    new = ScramCredentials(b"new", 8192, b"\x05" * 32, b"\x06" * 32)
+    assert run(storage.set_credentials("alice", {"SCRAM-SHA-256": new})) is True
+    assert run(storage.get_credentials("alice", "SCRAM-SHA-256")) == new
+    assert run(storage.get_credentials("alice", "SCRAM-SHA-1")) is None
+    assert run(storage.set_credentials("nobody", {"SCRAM-SHA-256": new})) is False
+    assert run(storage.user_exists("nobody")) is False
+
+
+def test_list_and_count_users(storage):
+    assert run(storage.list_users()) == []
+    assert run(storage.count_users()) == 0
+    names = ["zoë", "alice", "bob", "émile", "日本", "Zed", "a"]
+    for name in names:
+        run(storage.create_user(name, {"SCRAM-SHA-1": SHA1}))
+    assert run(storage.list_users()) == sorted(names)
+    assert run(storage.count_users()) == len(names)
+
+
+def test_delete_user_removes_everything(storage):
+    for user in ("alice", "bob"):
+        run(storage.create_user(user, {"SCRAM-SHA-1": SHA1, "SCRAM-SHA-256": SHA256}))
+        run(storage.set_roster_item(user, RosterItem("carol@example.org", "Carol", "both", groups=["A", "B"])))
+        run(storage.add_pending_subscription(user, "dave@example.org", SUBSCRIBE.format("dave@example.org")))
+        run(storage.set_vcard(user, "<vCard xmlns='vcard-temp'><FN>x</FN></vCard>"))
+    assert run(storage.delete_user("alice")) is True
+    assert run(storage.delete_user("alice")) is False
+    assert run(storage.user_exists("alice")) is False
+    for table in ("scram_credentials", "roster_items", "roster_groups", "pending_subscriptions", "vcards"):
+        assert raw(storage, f"SELECT COUNT(*) FROM {table} WHERE username = ?", "alice") == [(0,)], table
+        assert raw(storage, f"SELECT COUNT(*) FROM {table} WHERE username = ?", "bob") != [(0,)], table
+    # A new account of the same name starts empty.
+    run(storage.create_user("alice", {}))
+    assert run(storage.get_roster("alice")) == (0, [])
+    assert run(storage.list_pending_subscriptions("alice")) == []
+    assert run(storage.get_vcard("alice")) is None
+    assert run(storage.get_credentials("alice", "SCRAM-SHA-1")) is None
+    assert run(storage.get_roster("bob"))[1][0].groups == ["A", "B"]
+
+
+# -- roster -----------------------------------------------------------------------
+
+
+def test_roster_items_and_versions(storage):
+    run(storage.create_user("alice", {}))
+    assert run(storage.get_roster("alice")) == (0, [])
+    assert run(storage.get_roster_version("alice")) == 0
+    assert run(storage.get_roster_item("alice", "bob@example.org")) is None
+
+    bob = RosterItem("bob@example.org", "Bob", "to", ask=False, approved=True, groups=["Friends", "Work"])
+    assert run(storage.set_roster_item("alice", bob)) == 1
+    assert run(storage.get_roster_item("alice", "bob@example.org")) == bob
+    carol = RosterItem("carol@example.org", None, "none", ask=True)
+    assert run(storage.set_roster_item("alice", carol)) == 2
+    assert run(storage.set_roster_item("alice", RosterItem("anne@example.org"))) == 3
+    version, items = run(storage.get_roster("alice"))
+    assert version == 3 == run(storage.get_roster_version("alice"))
+    assert [item.jid for item in items] == ["anne@example.org", "bob@example.org", "carol@example.org"]
+    assert items[1] == bob and items[2] == carol
+
+    # Replacing changes every field, groups included.
+    bob2 = RosterItem("bob@example.org", "Robert", "both", ask=True, approved=False, groups=["Work", "Chess"])
+    assert run(storage.set_roster_item("alice", bob2)) == 4
+    got = run(storage.get_roster_item("alice", "bob@example.org"))
+    assert (got.name, got.subscription, got.ask, got.approved, got.groups) == ("Robert", "both", True, False, ["Chess", "Work"])
+    assert run(storage.set_roster_item("alice", RosterItem("bob@example.org", "Robert"))) == 5
+    assert run(storage.get_roster_item("alice", "bob@example.org")).groups == []
+
+    assert run(storage.delete_roster_item("alice", "bob@example.org")) == 6
+    assert run(storage.delete_roster_item("alice", "bob@example.org")) is None
+    assert run(storage.get_roster_version("alice")) == 6
+    assert [item.jid for item in run(storage.get_roster("alice"))[1]] == ["anne@example.org", "carol@example.org"]
+
+
+def test_roster_is_per_user(storage):
+    run(storage.create_user("alice", {}))
+    run(storage.create_user("bob", {}))
+    run(storage.set_roster_item("alice", RosterItem("x@example.org", groups=["G"])))
+    assert run(storage.get_roster("bob")) == (0, [])
+    assert run(storage.get_roster_item("bob", "x@example.org")) is None
+    assert run(storage.delete_roster_item("bob", "x@example.org")) is None
+    assert run(storage.get_roster_version("alice")) == 1
+
+
+def test_roster_groups_are_a_set(storage):
+    run(storage.create_user("alice", {}))
+    run(storage.set_roster_item("alice", RosterItem("bob@example.org", groups=["b", "a", "b"])))
+    assert run(storage.get_roster_item("alice", "bob@example.org")).groups == ["a", "b"]
+
+
+def test_roster_unicode(storage):
+    run(storage.create_user("ålice", {}))
+    jids = ["zoë@example.org", "émile@example.org", "日本@example.jp", "bob@example.org", "Борис@example.ru"]
+    for jid in jids:
+        item = RosterItem(jid, f"名前 {jid} 🎉", "from", groups=["Família", "друзья", "😀", "Ω"])
+        run(storage.set_roster_item("ålice", item))
+    version, items = run(storage.get_roster("ålice"))
+    assert version == len(jids)
+    assert [item.jid for item in items] == sorted(jids)
+    for item in items:
+        assert item.name == f"名前 {item.jid} 🎉"
+        assert item.groups == sorted(["Família", "друзья", "😀", "Ω"])
+    assert run(storage.get_roster_item("ålice", "日本@example.jp")).groups == items[0].groups
+
+
+def test_roster_rejects_bad_input(storage):
+    with pytest.raises(StorageError, match="no such user 'ghost'"):
+        run(storage.set_roster_item("ghost", RosterItem("bob@example.org", groups=["G"])))
+    assert run(storage.get_roster("ghost")) == (0, [])
+    assert run(storage.get_roster_version("ghost")) == 0
+    run(storage.create_user("alice", {}))
+    with pytest.raises(ValueError):
+        run(storage.set_roster_item("alice", RosterItem("bob@example.org", subscription="pending")))
+    assert run(storage.get_roster("alice")) == (0, [])
+
+
+def test_failed_transaction_leaves_nothing(storage):
+    """An atomic script that fails after writing rolls back, on both drivers."""
+    run(storage.create_user("alice", {}))
+
+    @atomic
+    def half_done():
+        yield execute("INSERT INTO vcards (username, xml) VALUES (?, ?)", "alice", "<vCard/>")
+        yield execute("UPDATE users SET roster_version = 7 WHERE username = ?", "alice")
+        raise StorageError("boom")
+
+    with pytest.raises(StorageError, match="boom"):
+        run(storage._run(half_done))
+    assert run(storage.get_vcard("alice")) is None
+    assert run(storage.get_roster_version("alice")) == 0
+
+
+# -- pending subscriptions --------------------------------------------------------
+
+
+def test_pending_subscriptions(storage):
+    run(storage.create_user("alice", {}))
+    run(storage.create_user("bob", {}))
+    assert run(storage.list_pending_subscriptions("alice")) == []
+    senders = ["zed@example.org", "amy@example.org", "mia@example.org"]
+    for sender in senders:
+        assert run(storage.add_pending_subscription("alice", sender, SUBSCRIBE.format(sender))) is None
+    assert run(storage.list_pending_subscriptions("alice")) == [(s, SUBSCRIBE.format(s)) for s in senders]
+    assert run(storage.list_pending_subscriptions("bob")) == []
+
+    # A repeated request replaces the stanza and keeps its place.
+    again = "<presence type='subscribe'><status>please</status></presence>"
+    run(storage.add_pending_subscription("alice", "amy@example.org", again))
+    assert run(storage.list_pending_subscriptions("alice")) == [
+        ("zed@example.org", SUBSCRIBE.format("zed@example.org")),
+        ("amy@example.org", again),
+        ("mia@example.org", SUBSCRIBE.format("mia@example.org")),
+    ]
+
+    assert run(storage.remove_pending_subscription("alice", "zed@example.org")) is True
+    assert run(storage.remove_pending_subscription("alice", "zed@example.org")) is False
+    assert run(storage.remove_pending_subscription("bob", "amy@example.org")) is False
+    run(storage.add_pending_subscription("alice", "zed@example.org", "<presence type='subscribe'/>"))
+    assert [s for s, _ in run(storage.list_pending_subscriptions("alice"))] == [
+        "amy@example.org",
+        "mia@example.org",
+        "zed@example.org",
+    ]
+    with pytest.raises(StorageError, match="no such user"):
+        run(storage.add_pending_subscription("ghost", "amy@example.org", again))
+
+
+# -- vcard-temp and settings -----------------------------------------------------
+
+
+def test_vcard(storage):
+    run(storage.create_user("alice", {}))
+    assert run(storage.get_vcard("alice")) is None
+    card = "<vCard xmlns='vcard-temp'><FN>Ålice Ünicode 😀</FN></vCard>"
+    run(storage.set_vcard("alice", card))
+    assert run(storage.get_vcard("alice")) == card
+    run(storage.set_vcard("alice", "<vCard xmlns='vcard-temp'/>"))
+    assert run(storage.get_vcard("alice")) == "<vCard xmlns='vcard-temp'/>"
+    run(storage.set_vcard("alice", None))
+    assert run(storage.get_vcard("alice")) is None
+    run(storage.set_vcard("alice", None))
+    with pytest.raises(StorageError, match="no such user"):
+        run(storage.set_vcard("ghost", card))
+
+
+def test_settings(storage):
+    assert run(storage.get_setting("secret")) is None
+    assert run(storage.set_setting_if_absent("secret", "first")) == "first"
+    assert run(storage.set_setting_if_absent("secret", "second")) == "first"
+    assert run(storage.get_setting("secret")) == "first"
+    run(storage.set_setting("secret", "third"))
+    assert run(storage.get_setting("secret")) == "third"
+    run(storage.set_setting("other", ""))
+    assert run(storage.get_setting("other")) == ""
+
+
+# -- concurrency ------------------------------------------------------------------
+
+
+def test_concurrent_calls(storage):
+    async def scenario():
+        created = await asyncio.gather(*(storage.create_user("alice", {"SCRAM-SHA-1": SHA1}) for _ in range(20)))
+        assert created.count(True) == 1
+        versions = await asyncio.gather(
+            *(storage.set_roster_item("alice", RosterItem(f"c{i:03}@example.org", groups=[f"g{i % 3}"])) for i in range(60)),
+            *(storage.get_roster("alice") for _ in range(20)),
+            *(storage.add_pending_subscription("alice", f"p{i}@example.org", "<presence/>") for i in range(20)),
+        )
+        assert sorted(versions[:60]) == list(range(1, 61))
+        for version, items in versions[60:80]:
+            assert len(items) <= version  # a snapshot: never more items than changes so far
+        secrets = await asyncio.gather(*(storage.set_setting_if_absent("secret", f"s{i}") for i in range(20)))
+        assert len(set(secrets)) == 1
+        deleted = await asyncio.gather(*(storage.delete_roster_item("alice", f"c{i:03}@example.org") for i in range(0, 60, 2)))
+        assert sorted(deleted) == list(range(61, 91))
+        version, items = await storage.get_roster("alice")
+        assert version == 90 and len(items) == 30
+        assert len(await storage.list_pending_subscriptions("alice")) == 20
+
+    run(scenario())
+
+
+# -- opening, migrations, durability ----------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reopen_keeps_data_and_schema(backend, tmp_path):
+    async def scenario():
+        config, remove = await backend_config(backend, tmp_path)
+        try:
+            first = await open_storage(backend, **config)
+            await first.create_user("alice", {"SCRAM-SHA-256": SHA256})
+            assert await first.set_roster_item("alice", RosterItem("bob@example.org", groups=["G"])) == 1
+            await first.close()
+            # Two processes starting at once: both open, the schema is migrated once.
+            second, third = await asyncio.gather(open_storage(backend, **config), open_storage(backend, **config))
+            try:
+                assert await second.get_credentials("alice", "SCRAM-SHA-256") == SHA256
+                assert await third.set_roster_item("alice", RosterItem("carol@example.org")) == 2
+                assert [v for (v,) in await second._run(_versions)] == [m.version for m in MIGRATIONS]
+            finally:
+                await second.close()
+                await third.close()
+        finally:
+            await remove()
+
+    asyncio.run(scenario())
+
+
+def _versions():
+    return (yield select("SELECT version FROM schema_version ORDER BY version"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_newer_schema_is_refused(backend, tmp_path):
+    async def scenario():
+        config, remove = await backend_config(backend, tmp_path)
+        try:
+            store = await open_storage(backend, **config)
+
+            def from_the_future():
+                yield execute("INSERT INTO schema_version (version) VALUES (?)", 9999)
+
+            await store._run(from_the_future)
+            await store.close()
+            with pytest.raises(StorageError, match="schema is version 9999, newer"):
+                await open_storage(backend, **config)
+        finally:
+            await remove()
+
+    asyncio.run(scenario())
+
+
+def _bad_config(backend, tmp_path):
+    if backend == "sqlite":
+        path = str(tmp_path / "no-such-directory" / "xmppd.sqlite")
+        return {"sqlite_path": path}, [path]
+    return {"postgresql_dsn": "postgresql://postgres:s3cr3t-pw@127.0.0.1:1/test"}, ["host=127.0.0.1", "port=1"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_open_failure_is_explained(backend, tmp_path):
+    config, expected = _bad_config(backend, tmp_path)
+    with pytest.raises(StorageError) as failure:
+        asyncio.run(open_storage(backend, **config))
+    message = str(failure.value)
+    for part in expected:
+        assert part in message
+    assert "s3cr3t" not in message
+
+
+def test_open_failure_sqlite_path_is_directory(tmp_path):
+    with pytest.raises(StorageError, match=str(tmp_path)):
+        asyncio.run(open_storage("sqlite", sqlite_path=str(tmp_path)))
+
+
+def test_open_failure_bad_configuration():
+    with pytest.raises(StorageError, match="unknown storage backend 'mysql'"):
+        asyncio.run(open_storage("mysql"))
+    with pytest.raises(StorageError, match="needs a database path"):
+        asyncio.run(open_storage("sqlite"))
+    with pytest.raises(StorageError, match="needs a DSN"):
+        asyncio.run(open_storage("postgresql"))
+    with pytest.raises(StorageError) as failure:
+        asyncio.run(open_storage("postgresql", postgresql_dsn="host=x password=hunter2 garbage"))
+    assert "hunter2" not in str(failure.value) and "garbage" not in str(failure.value)
+
+
+def test_calls_after_close_fail(storage):
+    run(storage.close())
+    with pytest.raises(StorageError, match="after close"):
+        run(storage.user_exists("alice"))
+    run(storage.close())  # closing twice is harmless
+
+
+_WRITER = """
+import asyncio, json, sys, time
+from xmppd.storage import RosterItem, open_storage
+
+async def main():
+    store = await open_storage(sys.argv[1], **json.loads(sys.argv[2]))
+    await store.create_user("alice", {})
+    for i in range(20):
+        version = await store.set_roster_item("alice", RosterItem(f"c{i}@example.org"))
+        print(version, flush=True)
+    time.sleep(60)  # killed here, without close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_acknowledged_writes_survive_sigkill(backend, tmp_path):
+    async def prepare():
+        return await backend_config(backend, tmp_path)
+
+    config, remove = asyncio.run(prepare())
+    try:
+        writer = subprocess.Popen(
+            [sys.executable, "-c", _WRITER, backend, json.dumps(config)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )
+        try:
+            acknowledged = [int(writer.stdout.readline()) for _ in range(20)]
+        finally:
+            writer.send_signal(signal.SIGKILL)
+            writer.wait()
+            writer.stdout.close()
+        assert acknowledged[-1] == 20
+
+        async def check():
+            store = await open_storage(backend, **config)
+            try:
+                return await store.get_roster("alice")
+            finally:
+                await store.close()
+
+        version, items = asyncio.run(check())
+        assert version == 20 and len(items) == 20
+    finally:
+        asyncio.run(remove())
+

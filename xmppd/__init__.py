@@ -1,0 +1,3 @@
+"""xmppd: an XMPP server for phones that sleep."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,734 @@
+"""The server's one configuration file: a TOML document read at start-up.
+
+Every option is declared once, as a field of the section dataclasses below
+(default, validator, help text). Parsing, validation, defaults,
+render_config() and the option table of docs/configuration.md are derived
+from those declarations, so they cannot disagree with each other.
+
+Problems are collected, not raised at the first one, so that an operator can
+fix a broken file in one round: every line names the file, "[section] key",
+the bad value and what is allowed.
+"""
+
+import dataclasses
+import difflib
+import ipaddress
+import math
+import os
+import tomllib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from psycopg import ProgrammingError
+from psycopg.conninfo import conninfo_to_dict
+
+from . import jid
+
+# Optional feature modules an operator may enable; the server imports this
+# tuple too, so the set of names lives only here.
+OPTIONAL_MODULES = ("version", "vcard", "register")
+
+# SASL mechanisms the server implements (the -PLUS variants follow
+# auth.channel_binding rather than being listed).
+SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+STORAGE_BACKENDS = ("sqlite", "postgresql")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; str(e) is the report for the operator.
+
+    The report holds one problem per line, each naming the file and the key.
+    """
+
+    @property
+    def errors(self) -> tuple[str, ...]:
+        """The report split into its problems, one per line."""
+        return tuple(str(self).splitlines())
+
+
+class Invalid(Exception):
+    """A value was refused; the message follows "[section] key = value: "."""
+
+
+# --- rendering values as TOML (config output and error messages) ----------
+
+def toml_value(value: object) -> str:
+    """Write one value the way TOML would, so messages quote the file exactly."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        items = ", ".join(f"{_toml_key(k)} = {toml_value(v)}" for k, v in value.items())
+        return "{ " + items + " }"
+    return value.isoformat()  # TOML dates, times and date-times
+
+
+def _toml_string(text: str) -> str:
+    escapes = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n",
+               "\f": "\\f", "\r": "\\r"}
+    out = []
+    for char in text:
+        if char in escapes:
+            out.append(escapes[char])
+        elif char < " " or char == "\x7f":
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_key(key: str) -> str:
+    bare = key and all(c.isascii() and (c.isalnum() or c in "-_") for c in key)
+    return key if bare else _toml_string(key)
+
+
+def _quoted(names: tuple[str, ...]) -> str:
+    return ", ".join(_toml_string(name) for name in names)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+# --- validators --------------------------------------------------------------
+
+class Validator(ABC):
+    """Checks one TOML value and returns it in the form the server uses.
+
+    ``describe()`` is what follows "must be" in an error and fills the
+    "allowed values" column of the docs; ``type`` names the TOML type.
+    """
+
+    type = "string"
+
+    @abstractmethod
+    def describe(self) -> str: ...
+
+    @abstractmethod
+    def convert(self, value: object, base_dir: str) -> object: ...
+
+    def refuse(self, reason: str = "") -> Invalid:
+        must = f"must be {self.describe()}"
+        return Invalid(f"{reason}; {must}" if reason else must)
+
+
+def _note(note: str) -> str:
+    return f" ({note})" if note else ""
+
+
+@dataclass(frozen=True)
+class Int(Validator):
+    low: int
+    high: int
+    note: str = ""
+    type = "integer"
+
+    def describe(self) -> str:
+        return f"an integer from {self.low} to {self.high}{_note(self.note)}"
+
+    def convert(self, value: object, base_dir: str) -> int:
+        # type() rather than isinstance(): TOML true is a bool, not the integer 1.
+        if type(value) is not int or not self.low <= value <= self.high:
+            raise self.refuse()
+        return value
+
+
+@dataclass(frozen=True)
+class Number(Validator):
+    """A float; TOML integers are accepted, inf and nan are not."""
+
+    low: float
+    high: float | None = None
+    low_excluded: bool = False
+    note: str = ""
+    type = "number"
+
+    def describe(self) -> str:
+        if self.high is not None:
+            bounds = f"from {_number(self.low)} to {_number(self.high)}"
+        elif self.low_excluded:
+            bounds = f"greater than {_number(self.low)}"
+        else:
+            bounds = f"of at least {_number(self.low)}"
+        return f"a number {bounds}{_note(self.note)}"
+
+    def convert(self, value: object, base_dir: str) -> float:
+        if type(value) not in (int, float):
+            raise self.refuse()
+        try:
+            number = float(value)
+        except OverflowError:
+            raise self.refuse() from None
+        if (not math.isfinite(number) or number < self.low
+                or (self.low_excluded and number == self.low)
+                or (self.high is not None and number > self.high)):
+            raise self.refuse()
+        return number
+
+
+class Bool(Validator):
+    type = "boolean"
+
+    def describe(self) -> str:
+        return "true or false"
+
+    def convert(self, value: object, base_dir: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.refuse()
+        return value
+
+
+@dataclass(frozen=True)
+class OneOf(Validator):
+    choices: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"one of {_quoted(self.choices)}"
+
+    def convert(self, value: object, base_dir: str) -> str:
+        if not isinstance(value, str) or value not in self.choices:
+            raise self.refuse()
+        return value
+
+
+def normalize_domain(text: str) -> str:
+    """The domainpart as the server compares it (RFC 7622 §3.2); raises Invalid with the reason."""
+    try:
+        return jid.normalize_domain(text)
+    except jid.InvalidJID as error:
+        raise Invalid(f"invalid domain name ({error})") from None
+
+
+class Domain(Validator):
+    def describe(self) -> str:
+        return 'a DNS domain name such as "example.org" (internationalized names allowed)'
+
+    def convert(self, value: object, base_dir: str) -> str:
+        if not isinstance(value, str):
+            raise self.refuse()
+        try:
+            return normalize_domain(value)
+        except Invalid as error:
+            raise self.refuse(str(error)) from None
+
+
+@dataclass(frozen=True)
+class Path(Validator):
+    """A file name, made absolute against the configuration file's directory.
+
+    ``empty`` says what "" means where "" is allowed; ``readable`` makes the
+    server open the file now, so a wrong path fails at start, not at the
+    first TLS handshake.
+    """
+
+    what: str = "a file path"
+    empty: str = ""
+    readable: bool = False
+
+    def describe(self) -> str:
+        return f'{self.what}, or "" for {self.empty}' if self.empty else self.what
+
+    def convert(self, value: object, base_dir: str) -> str:
+        if not isinstance(value, str) or "\0" in value or (value == "" and not self.empty):
+            raise self.refuse()
+        if value == "":
+            return ""
+        path = os.path.normpath(os.path.join(base_dir, value))
+        if self.readable:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as error:
+                raise Invalid(f"cannot read {path}: {error.strerror or error}") from None
+        return path
+
+
+class ConnectionString(Validator):
+    """A libpq connection string, parsed by libpq itself to catch typos now."""
+
+    def describe(self) -> str:
+        return ('a libpq connection string such as "host=/run/postgresql dbname=xmppd" '
+                'or "postgresql://xmppd@db.example.org/xmppd", or "" for none')
+
+    def convert(self, value: object, base_dir: str) -> str:
+        if not isinstance(value, str):
+            raise self.refuse()
+        if value:
+            try:
+                conninfo_to_dict(value)
+            except ProgrammingError as error:
+                reason = str(error).strip()
+                raise self.refuse(f"invalid connection string ({reason})") from None
+        return value
+
+
+@dataclass(frozen=True)
+class Strings(Validator):
+    """A TOML array of distinct strings, kept as a tuple in the given order.
+
+    Each item is either one of ``choices`` or accepted (and normalized) by
+    ``item``, which raises Invalid with a reason such as "is not an IP
+    address".
+    """
+
+    items: str
+    choices: tuple[str, ...] = ()
+    item: Callable[[str], str] | None = None
+    non_empty: bool = False
+    type = "array of strings"
+
+    def describe(self) -> str:
+        which = f" from {_quoted(self.choices)}" if self.choices else ""
+        return f"a {'non-empty ' if self.non_empty else ''}list of {self.items}{which}"
+
+    def convert(self, value: object, base_dir: str) -> tuple[str, ...]:
+        # A tuple is how the declared defaults spell a TOML array.
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise self.refuse()
+        if self.non_empty and not value:
+            raise self.refuse()
+        result: list[str] = []
+        for raw in value:
+            if self.item is not None:
+                try:
+                    normal = self.item(raw)
+                except Invalid as error:
+                    raise self.refuse(f"{_toml_string(raw)} {error}") from None
+            elif raw in self.choices:
+                normal = raw
+            else:
+                raise self.refuse(f"{_toml_string(raw)} is not one of these")
+            if normal in result:
+                raise self.refuse(f"{_toml_string(raw)} is listed twice")
+            result.append(normal)
+        return tuple(result)
+
+
+def _ip_address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise Invalid("is not an IP address") from None
+
+
+def _bare_jid(text: str) -> str:
+    """Normalize user@domain the way the server will compare it (RFC 7622)."""
+    try:
+        address = jid.JID.parse(text)
+    except jid.InvalidJID as error:
+        raise Invalid(f"is not a valid JID ({error})") from None
+    if address.local is None or address.resource is not None:
+        raise Invalid("is not a bare JID (user@domain)")
+    return str(address)
+
+
+# --- the options --------------------------------------------------------------
+
+def _option(default: object, validator: Validator, help: str) -> object:
+    return field(default=default, metadata={"validator": validator, "help": help})
+
+
+_SECONDS = "seconds"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Which XMPP service this server is."""
+
+    domain: str = _option(
+        "localhost", Domain(),
+        "The domain this server hosts; accounts are user@domain. Stored lower-cased, "
+        "without a final dot, internationalized names in Unicode form.")
+    admins: tuple[str, ...] = _option(
+        (), Strings("distinct bare JIDs (user@domain) at [server] domain", item=_bare_jid),
+        "Local accounts with administrator rights.")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Where the one log goes and how much it says."""
+
+    level: str = _option(
+        "info", OneOf(LOG_LEVELS),
+        "Least severe kind of message written to the log.")
+    file: str = _option(
+        "", Path(empty="standard error"),
+        'Log file. "" writes to standard error, which systemd sends to the journal.')
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where accounts, rosters and offline messages are kept."""
+
+    backend: str = _option(
+        "sqlite", OneOf(STORAGE_BACKENDS),
+        '"sqlite" needs no set-up; "postgresql" suits large or replicated deployments.')
+    sqlite_path: str = _option(
+        "xmppd.sqlite3", Path(),
+        "SQLite database file (backend sqlite). Its directory must be writable by the "
+        "server, which keeps the journal next to it.")
+    postgresql_dsn: str = _option(
+        "", ConnectionString(),
+        'Where to connect (backend postgresql; required there). Keep the password in '
+        'a ~/.pgpass file rather than here: `xmppctl check-config` prints this value.')
+    postgresql_pool_size: int = _option(
+        10, Int(1, 1000),
+        "Most PostgreSQL connections open at once.")
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """The certificate clients see; required unless every TLS use is off."""
+
+    certificate: str = _option(
+        "", Path("the path of a readable PEM file", empty="none", readable=True),
+        "PEM certificate chain for [server] domain, server certificate first. Required "
+        "when [c2s] direct_tls_port is not 0 or [c2s] require_encryption is true.")
+    private_key: str = _option(
+        "", Path("the path of a readable PEM file", empty="none", readable=True),
+        "PEM private key of the certificate; only the server's user should be able "
+        "to read it.")
+
+
+@dataclass(frozen=True)
+class C2SConfig:
+    """The listeners clients connect to, and the limits that protect them."""
+
+    interfaces: tuple[str, ...] = _option(
+        ("127.0.0.1", "::1"),
+        Strings('distinct IP addresses ("0.0.0.0" and "::" mean all)', item=_ip_address,
+                non_empty=True),
+        "Addresses both client listeners bind to; the default accepts local clients only.")
+    port: int = _option(
+        5222, Int(0, 65535, "0 disables the listener"),
+        "Client port where streams start in plain text and upgrade with STARTTLS (RFC 6120).")
+    direct_tls_port: int = _option(
+        5223, Int(0, 65535, "0 disables the listener"),
+        "Client port where TLS starts at once (XEP-0368).")
+    require_encryption: bool = _option(
+        True, Bool(),
+        "Make STARTTLS mandatory: no authentication on an unencrypted stream.")
+    max_stanza_size: int = _option(
+        262144, Int(10000, 16777216, "bytes"),
+        "Largest stanza a client may send; a larger one ends the stream with "
+        "<policy-violation/>.")
+    connection_timeout: float = _option(
+        60.0, Number(0, low_excluded=True, note=_SECONDS),
+        "Time a new connection has to authenticate and bind a resource before it is closed.")
+    ping_interval: float = _option(
+        300.0, Number(0, low_excluded=True, note=_SECONDS),
+        "Silence from a client after which the server pings it.")
+    ping_timeout: float = _option(
+        60.0, Number(0, low_excluded=True, note=_SECONDS),
+        "Time to wait for the answer to a ping (or any data) before dropping the connection.")
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """How clients log in (SASL) and how guessing passwords is slowed down."""
+
+    mechanisms: tuple[str, ...] = _option(
+        SASL_MECHANISMS,
+        Strings("distinct names", choices=SASL_MECHANISMS, non_empty=True),
+        "SASL mechanisms offered, most preferred first.")
+    channel_binding: bool = _option(
+        True, Bool(),
+        "Also offer the SCRAM -PLUS variants, which bind the login to the TLS "
+        "connection, when that connection supports channel binding.")
+    scram_iterations: int = _option(
+        4096, Int(4096, 1000000),
+        "PBKDF2 iterations for passwords set from now on; stored ones keep theirs "
+        "until they change.")
+    throttle_free_failures: int = _option(
+        3, Int(0, 1000),
+        "Failed logins allowed within throttle_window before further attempts are delayed.")
+    throttle_max_delay: float = _option(
+        30.0, Number(0, 3600, note=_SECONDS),
+        "Longest delay imposed on a login attempt after repeated failures; 0 turns "
+        "throttling off.")
+    throttle_window: float = _option(
+        600.0, Number(0, low_excluded=True, note=_SECONDS),
+        "How long a failed login is remembered.")
+
+
+@dataclass(frozen=True)
+class ModulesConfig:
+    """Optional features; the core protocol is always on."""
+
+    enabled: tuple[str, ...] = _option(
+        ("version", "vcard"), Strings("distinct names", choices=OPTIONAL_MODULES),
+        "Optional modules to load: version (XEP-0092), vcard (XEP-0054), "
+        "register (XEP-0077 in-band registration: anyone who can connect can create "
+        "an account).")
+
+
+@dataclass(frozen=True)
+class VersionConfig:
+    """Settings of the version module (XEP-0092 Software Version)."""
+
+    show_os: bool = _option(
+        False, Bool(),
+        "Include the operating system in the answer; off so as not to help attackers.")
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    """Settings of the register module (XEP-0077 In-Band Registration)."""
+
+    min_interval: float = _option(
+        300.0, Number(0, note="seconds; 0 turns the limit off"),
+        "Time between two registrations from the same IP address.")
+    min_password_length: int = _option(
+        8, Int(1, 1024, "characters"),
+        "Shortest password accepted when registering or changing a password.")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; ``path`` is the file it came from, if any."""
+
+    path: str | None = None
+    server: ServerConfig = field(default_factory=ServerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    c2s: C2SConfig = field(default_factory=C2SConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    modules: ModulesConfig = field(default_factory=ModulesConfig)
+    version: VersionConfig = field(default_factory=VersionConfig)
+    register: RegisterConfig = field(default_factory=RegisterConfig)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One row of the option table, read from the section dataclasses."""
+
+    section: str
+    key: str
+    type: str
+    default: object
+    validator: Validator
+    help: str
+
+
+SECTIONS: dict[str, type] = {
+    f.name: f.type for f in dataclasses.fields(Config) if f.name != "path"}
+
+OPTIONS: tuple[Option, ...] = tuple(
+    Option(section, f.name, f.metadata["validator"].type, f.default,
+           f.metadata["validator"], f.metadata["help"])
+    for section, cls in SECTIONS.items() for f in dataclasses.fields(cls))
+
+_BY_SECTION: dict[str, dict[str, Option]] = {
+    section: {o.key: o for o in OPTIONS if o.section == section} for section in SECTIONS}
+
+
+# --- rules that involve several keys ----------------------------------------
+
+class _Skip(Exception):
+    """A rule needs a key that already failed; its own error suffices."""
+
+
+Lookup = Callable[[str, str], object]
+
+
+def _dsn_for_postgresql(get: Lookup) -> Iterator[tuple[str, str, str]]:
+    if get("storage", "backend") == "postgresql" and not get("storage", "postgresql_dsn"):
+        yield "storage", "postgresql_dsn", 'required when [storage] backend = "postgresql"'
+
+
+def _tls_files_when_needed(get: Lookup) -> Iterator[tuple[str, str, str]]:
+    reasons = []
+    if port := get("c2s", "direct_tls_port"):
+        reasons.append(f"[c2s] direct_tls_port = {port} turns on the direct TLS listener")
+    if get("c2s", "require_encryption"):
+        reasons.append("[c2s] require_encryption = true")
+    for key, partner in (("certificate", "private_key"), ("private_key", "certificate")):
+        why = reasons + ([f"[tls] {partner} is set"] if get("tls", partner) else [])
+        if why and not get("tls", key):
+            yield "tls", key, "required because " + " and ".join(why)
+
+
+def _distinct_ports(get: Lookup) -> Iterator[tuple[str, str, str]]:
+    port = get("c2s", "port")
+    if port and port == get("c2s", "direct_tls_port"):
+        yield "c2s", "direct_tls_port", f"must differ from [c2s] port = {port}"
+
+
+def _admins_are_local(get: Lookup) -> Iterator[tuple[str, str, str]]:
+    domain = get("server", "domain")
+    strangers = [jid for jid in get("server", "admins") if jid.rpartition("@")[2] != domain]
+    if strangers:
+        verb = "is" if len(strangers) == 1 else "are"
+        yield ("server", "admins",
+               f"{_quoted(tuple(strangers))} {verb} not at [server] domain = "
+               f"{_toml_string(domain)}")
+
+
+_RULES = (_dsn_for_postgresql, _tls_files_when_needed, _distinct_ports, _admins_are_local)
+
+
+# --- loading -------------------------------------------------------------------
+
+def _did_you_mean(name: str, candidates: list[str], show: Callable[[str], str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=1)
+    return f" (did you mean {show(close[0])}?)" if close else ""
+
+
+def _section_list() -> str:
+    return ", ".join(f"[{s}]" for s in SECTIONS)
+
+
+def _top_level_errors(data: dict, source: str) -> Iterator[str]:
+    for name, table in data.items():
+        if name in SECTIONS:
+            if not isinstance(table, dict):
+                yield (f"{source}: {_toml_key(name)} = {toml_value(table)}: must be a table, "
+                       f"written as a [{name}] section")
+        elif isinstance(table, dict):
+            hint = _did_you_mean(name, list(SECTIONS), lambda s: f"[{s}]")
+            yield (f"{source}: [{name}]: unknown section{hint}; "
+                   f"allowed sections: {_section_list()}")
+        else:
+            homes = [o for o in OPTIONS if o.key == name]
+            hint = f" (did you mean [{homes[0].section}] {name}?)" if homes else ""
+            yield (f"{source}: {_toml_key(name)} = {toml_value(table)}: unknown top-level "
+                   f"key{hint}; every key belongs in a section: {_section_list()}")
+
+
+def _build(data: dict, source: str, base_dir: str, rules: bool, check_files: bool = True) -> Config:
+    errors = list(_top_level_errors(data, source))
+    values: dict[tuple[str, str], object] = {}
+    shown: dict[tuple[str, str], object] = {}
+    failed: set[tuple[str, str]] = set()
+
+    for section, options in _BY_SECTION.items():
+        table = data.get(section)
+        table = table if isinstance(table, dict) else {}
+        for key, raw in table.items():
+            if key not in options:
+                hint = _did_you_mean(key, list(options), str)
+                errors.append(
+                    f"{source}: [{section}] {_toml_key(key)} = {toml_value(raw)}: unknown "
+                    f"key{hint}; allowed keys in [{section}]: {', '.join(options)}")
+        for key, option in options.items():
+            raw = shown[section, key] = table.get(key, option.default)
+            validator = option.validator
+            if not check_files and isinstance(validator, Path):
+                validator = dataclasses.replace(validator, readable=False)
+            try:
+                values[section, key] = validator.convert(raw, base_dir)
+            except Invalid as error:
+                failed.add((section, key))
+                errors.append(f"{source}: [{section}] {key} = {toml_value(raw)}: {error}")
+
+    def get(section: str, key: str) -> object:
+        if (section, key) in failed:
+            raise _Skip
+        return values[section, key]
+
+    for rule in _RULES if rules else ():
+        try:
+            for section, key, message in rule(get):
+                errors.append(
+                    f"{source}: [{section}] {key} = {toml_value(shown[section, key])}: "
+                    f"{message}")
+        except _Skip:
+            pass
+
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return Config(**{
+        section: cls(**{key: values[section, key] for key in _BY_SECTION[section]})
+        for section, cls in SECTIONS.items()})
+
+
+def parse_config(text: str, *, source: str = "<config>", base_dir: str = ".",
+                 check_files: bool = True) -> Config:
+    """Parse and check a whole configuration given as TOML text.
+
+    Relative paths are resolved against ``base_dir``; ``source`` names the
+    text in error messages. ``check_files=False`` skips opening the files the
+    config names (for `xmppctl cert generate`, which is about to create them).
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        # tomllib says "at end of document" without a line; operators want one.
+        last_line = max(1, len(text.splitlines()))
+        message = str(error).replace(
+            "(at end of document)", f"(at end of document, line {last_line})")
+        raise ConfigError(f"{source}: invalid TOML: {message}") from None
+    return _build(data, source, os.path.abspath(base_dir), rules=True, check_files=check_files)
+
+
+def load_config(path: str | os.PathLike, *, check_files: bool = True) -> Config:
+    """Read, parse and check the configuration file at ``path``."""
+    source = os.fsdecode(path)
+    try:
+        with open(source, "rb") as file:
+            raw = file.read()
+    except OSError as error:
+        raise ConfigError(
+            f"{source}: cannot read the configuration file: {error.strerror or error}"
+        ) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise ConfigError(f"{source}: invalid TOML: not UTF-8 (at line {line})") from None
+    absolute = os.path.abspath(source)
+    config = parse_config(text, source=source, base_dir=os.path.dirname(absolute), check_files=check_files)
+    return dataclasses.replace(config, path=absolute)
+
+
+def default_config(base_dir: str = ".") -> Config:
+    """Every option at its default, relative paths resolved against ``base_dir``.
+
+    The rules that tie keys together are not applied: the defaults ask for
+    TLS, but name no certificate, which only a real file can supply.
+    """
+    return _build({}, "<defaults>", os.path.abspath(base_dir), rules=False)
+
+
+def render_config(config: Config) -> str:
+    """The effective configuration as TOML, every key included.
+
+    parse_config() of the output gives back an equal Config (paths are
+    written absolute); ``xmppctl check-config`` prints it.
+    """
+    origin = f"loaded from {config.path}" if config.path else "not loaded from a file"
+    lines = [f"# Effective xmppd configuration ({origin}).",
+             "# Every option is listed; docs/configuration.md explains them."]
+    for section, options in _BY_SECTION.items():
+        values = getattr(config, section)
+        lines += ["", f"[{section}]"]
+        lines += [f"{key} = {toml_value(getattr(values, key))}" for key in options]
+    return "\n".join(lines) + "\n"
+
+
+def options_markdown() -> str:
+    """The option reference of docs/configuration.md, one table per section."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    parts = []
+    for section, cls in SECTIONS.items():
+        parts += [f"### [{section}]", "", cls.__doc__.strip(), "",
+                  "| Key | Default | Allowed values | Description |",
+                  "|---|---|---|---|"]
+        parts += [f"| `{o.key}` | `{cell(toml_value(o.default))}` | "
+                  f"{cell(o.validator.describe())} | {cell(o.help)} |"
+                  for o in _BY_SECTION[section].values()]
+        parts.append("")
+    return "\n".join(parts)

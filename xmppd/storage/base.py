@@ -1,0 +1,130 @@
+"""The one storage interface the server codes against.
+
+Every method is an asyncio coroutine. Under Twisted's asyncio reactor a caller
+bridges with ``Deferred.fromFuture(asyncio.ensure_future(storage.x(...)))``.
+Backend failures (lost connection, disk full, unknown user on a write) surface
+as StorageError, never as a driver exception, so callers need one ``except``.
+
+Usernames are normalized JID localparts; contact JIDs are normalized bare JIDs.
+Writes that concern a user who does not exist raise StorageError, except where
+the return value already reports it (set_credentials).
+"""
+
+from __future__ import annotations
+
+import abc
+
+from .models import RosterItem, ScramCredentials
+
+
+class StorageError(Exception):
+    """The store could not be opened or an operation failed; the message is meant for the operator."""
+
+
+class Storage(abc.ABC):
+    """Accounts, rosters, pending subscriptions, vCards and server settings."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and bring the schema up to date (open_storage() calls this)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections and threads; the object is unusable afterwards."""
+
+    # -- accounts ---------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_user(self, username: str, credentials: dict[str, ScramCredentials]) -> bool:
+        """Create an account with credentials keyed by SCRAM mechanism name; False if it exists."""
+
+    @abc.abstractmethod
+    async def set_credentials(self, username: str, credentials: dict[str, ScramCredentials]) -> bool:
+        """Replace all of the user's credentials (a password change); False if there is no such user."""
+
+    @abc.abstractmethod
+    async def get_credentials(self, username: str, mechanism: str) -> ScramCredentials | None:
+        """The user's keys for one SCRAM mechanism, None if the user or the mechanism is unknown."""
+
+    @abc.abstractmethod
+    async def user_exists(self, username: str) -> bool:
+        """Whether the account exists."""
+
+    @abc.abstractmethod
+    async def delete_user(self, username: str) -> bool:
+        """Delete the account and everything stored for it, atomically; False if it did not exist."""
+
+    @abc.abstractmethod
+    async def list_users(self) -> list[str]:
+        """All usernames, sorted by code point."""
+
+    @abc.abstractmethod
+    async def count_users(self) -> int:
+        """Number of accounts."""
+
+    # -- roster (RFC 6121) --------------------------------------------------
+
+    @abc.abstractmethod
+    async def get_roster(self, username: str) -> tuple[int, list[RosterItem]]:
+        """(roster version, items sorted by jid); (0, []) for a user with no roster changes yet."""
+
+    @abc.abstractmethod
+    async def get_roster_item(self, username: str, jid: str) -> RosterItem | None:
+        """One roster item, None if the contact is not in the roster."""
+
+    @abc.abstractmethod
+    async def set_roster_item(self, username: str, item: RosterItem) -> int:
+        """Insert or replace an item including its groups; returns the new roster version.
+
+        Groups are a set: duplicates collapse and they come back sorted.
+        """
+
+    @abc.abstractmethod
+    async def delete_roster_item(self, username: str, jid: str) -> int | None:
+        """Remove an item; returns the new roster version, None if there was no such item."""
+
+    @abc.abstractmethod
+    async def get_roster_version(self, username: str) -> int:
+        """The current roster version: bumped by one on every change, 0 before the first."""
+
+    # -- pending inbound subscription requests (RFC 6121 §3.1.3) ------------
+
+    @abc.abstractmethod
+    async def add_pending_subscription(self, username: str, from_jid: str, stanza_xml: str) -> None:
+        """Keep a <presence type='subscribe'/> until the user answers; replaces an earlier one.
+
+        A replaced request keeps its place in the queue: the contact has been
+        waiting since the first one.
+        """
+
+    @abc.abstractmethod
+    async def remove_pending_subscription(self, username: str, from_jid: str) -> bool:
+        """Forget a pending request (answered or cancelled); False if there was none."""
+
+    @abc.abstractmethod
+    async def list_pending_subscriptions(self, username: str) -> list[tuple[str, str]]:
+        """(from_jid, stanza_xml) of every pending request, oldest first."""
+
+    # -- vcard-temp (XEP-0054) ------------------------------------------------
+
+    @abc.abstractmethod
+    async def get_vcard(self, username: str) -> str | None:
+        """The serialized <vCard/>, None if the user never set one."""
+
+    @abc.abstractmethod
+    async def set_vcard(self, username: str, xml: str | None) -> None:
+        """Store the serialized <vCard/>; None deletes it."""
+
+    # -- server-wide settings -------------------------------------------------
+
+    @abc.abstractmethod
+    async def get_setting(self, key: str) -> str | None:
+        """A server-wide value, None if unset."""
+
+    @abc.abstractmethod
+    async def set_setting(self, key: str, value: str) -> None:
+        """Store a server-wide value, replacing any earlier one."""
+
+    @abc.abstractmethod
+    async def set_setting_if_absent(self, key: str, value: str) -> str:
+        """Store value unless the key is set; returns what is stored now (atomic across processes)."""

@@ -1,0 +1,144 @@
+"""Versioned schema migrations: one ordered list, each written once for both SQL dialects.
+
+A migration's statements use a few upper-case words in braces where SQLite
+and PostgreSQL spell a type differently; DIALECT_WORDS fills them in. So the
+two schemas are the same text, differing only in that table:
+
+  {KEY}        text that is compared and sorted: byte-wise (code point order)
+               on both, so ORDER BY agrees between backends and with Python
+  {BYTES}      binary data
+  {SERIAL}     an integer primary key that new rows get in increasing order
+  {TIMESTAMP}  a point in time (SQLite has no such type and stores text)
+
+The store applies all pending migrations in one transaction when it opens
+(DDL is transactional on both), recording each in schema_version; a database
+newer than this code is refused rather than touched.
+
+To change the schema, append a Migration with the next version; never edit
+one that has shipped. Write a literal brace as {{ or }}. Tables holding a
+user's data reference users (username) ON DELETE CASCADE, so delete_user
+stays one statement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import StorageError
+from .sql import atomic, execute, select
+
+DIALECT_WORDS = {
+    "sqlite": {
+        "KEY": "TEXT",  # SQLite's default BINARY collation compares the UTF-8 bytes
+        "BYTES": "BLOB",
+        "SERIAL": "INTEGER PRIMARY KEY",  # the rowid: a new row gets max(rowid) + 1
+        "TIMESTAMP": "TEXT",
+    },
+    "postgresql": {
+        "KEY": 'TEXT COLLATE "C"',  # not the database's locale
+        "BYTES": "BYTEA",
+        "SERIAL": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+        "TIMESTAMP": "TIMESTAMPTZ",
+    },
+}
+
+# Arbitrary but fixed: the ASCII of "xmppd". Held for the migration transaction,
+# so two processes starting on one PostgreSQL database migrate one after the other.
+ADVISORY_LOCK_KEY = 0x786D707064
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+    def sql(self, dialect: str) -> list[str]:
+        return [statement.format_map(DIALECT_WORDS[dialect]) for statement in self.statements]
+
+
+MIGRATIONS: list[Migration] = [
+    Migration(
+        1,
+        "accounts, rosters, pending subscriptions, vCards, settings",
+        (
+            """CREATE TABLE users (
+                username {KEY} PRIMARY KEY,
+                roster_version BIGINT NOT NULL DEFAULT 0
+            )""",
+            """CREATE TABLE scram_credentials (
+                username {KEY} NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+                mechanism {KEY} NOT NULL,
+                salt {BYTES} NOT NULL,
+                iterations INTEGER NOT NULL,
+                stored_key {BYTES} NOT NULL,
+                server_key {BYTES} NOT NULL,
+                PRIMARY KEY (username, mechanism)
+            )""",
+            """CREATE TABLE roster_items (
+                username {KEY} NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+                jid {KEY} NOT NULL,
+                name TEXT,
+                subscription TEXT NOT NULL CHECK (subscription IN ('none', 'to', 'from', 'both')),
+                ask BOOLEAN NOT NULL,
+                approved BOOLEAN NOT NULL,
+                PRIMARY KEY (username, jid)
+            )""",
+            """CREATE TABLE roster_groups (
+                username {KEY} NOT NULL,
+                jid {KEY} NOT NULL,
+                group_name {KEY} NOT NULL,
+                PRIMARY KEY (username, jid, group_name),
+                FOREIGN KEY (username, jid) REFERENCES roster_items (username, jid) ON DELETE CASCADE
+            )""",
+            """CREATE TABLE pending_subscriptions (
+                id {SERIAL},
+                username {KEY} NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+                from_jid {KEY} NOT NULL,
+                stanza_xml TEXT NOT NULL,
+                UNIQUE (username, from_jid)
+            )""",
+            """CREATE TABLE vcards (
+                username {KEY} PRIMARY KEY REFERENCES users (username) ON DELETE CASCADE,
+                xml TEXT NOT NULL
+            )""",
+            """CREATE TABLE settings (
+                key {KEY} PRIMARY KEY,
+                value TEXT NOT NULL
+            )""",
+        ),
+    ),
+]
+
+_SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER PRIMARY KEY,
+    applied_at {TIMESTAMP} NOT NULL DEFAULT CURRENT_TIMESTAMP
+)"""
+
+
+@atomic
+def migrate(dialect: str):
+    """Script (see sql.py) bringing the schema up to date; returns the versions it applied.
+
+    On SQLite the backend opens this transaction with BEGIN IMMEDIATE, which
+    holds the database's write lock from the start; on PostgreSQL the advisory
+    lock plays that part.
+    """
+    if dialect == "postgresql":
+        yield execute("SELECT pg_advisory_xact_lock(?)", ADVISORY_LOCK_KEY)
+    yield execute(_SCHEMA_VERSION_TABLE.format_map(DIALECT_WORDS[dialect]))
+    [(current,)] = yield select("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+    latest = MIGRATIONS[-1].version
+    if current > latest:
+        raise StorageError(
+            f"the database schema is version {current}, newer than this xmppd knows ({latest});"
+            " run a newer xmppd or restore a backup"
+        )
+    applied = []
+    for migration in MIGRATIONS:
+        if migration.version > current:
+            for statement in migration.sql(dialect):
+                yield execute(statement)
+            yield execute("INSERT INTO schema_version (version) VALUES (?)", migration.version)
+            applied.append(migration.version)
+    return applied

@@ -1,0 +1,381 @@
+"""The storage operations, written once for both SQL backends.
+
+Each operation is a *script*: a generator that yields Statements and is sent
+back their results, doing no I/O itself. The SQLite backend drives scripts
+synchronously in its worker thread, the PostgreSQL backend drives them with
+``await`` on a pooled connection; so the SQL and the logic between statements
+exist once, and the backends only move statements to a database. Scripts
+marked @atomic run in one transaction; the others are a single statement.
+
+The SQL is the common subset of SQLite (3.35+) and PostgreSQL, written with
+``?`` placeholders (the PostgreSQL backend turns them into ``%s``, so the SQL
+holds no other ``?`` or ``%``). Columns
+that are sorted use byte-wise collation on both (see migrations.py), so
+"sorted" means code point order, as Python's sorted().
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Callable, Generator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .base import Storage, StorageError
+from .models import SUBSCRIPTIONS, RosterItem, ScramCredentials
+
+
+class Result(enum.Enum):
+    """What the driver sends back into the script for a statement."""
+
+    ROWS = "rows"  # list of row tuples
+    ROWCOUNT = "rowcount"  # number of rows changed
+    NOTHING = "nothing"  # executemany: None
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    sql: str
+    params: Sequence[Any]  # one row of parameters; for Result.NOTHING a list of rows
+    result: Result
+
+
+def select(sql: str, *params: Any) -> Statement:
+    """A statement whose rows the script wants (SELECT, or DML with RETURNING)."""
+    return Statement(sql, params, Result.ROWS)
+
+
+def execute(sql: str, *params: Any) -> Statement:
+    """A statement whose changed-row count the script wants."""
+    return Statement(sql, params, Result.ROWCOUNT)
+
+
+def execute_many(sql: str, rows: list[Sequence[Any]]) -> Statement:
+    """One statement run for each parameter row (the backend batches them)."""
+    return Statement(sql, rows, Result.NOTHING)
+
+
+Script = Callable[..., Generator[Statement, Any, Any]]
+
+
+def atomic(script: Script) -> Script:
+    """Mark a script whose statements must commit together or not at all."""
+    script.atomic = True  # type: ignore[attr-defined]
+    return script
+
+
+def is_atomic(script: Script) -> bool:
+    return getattr(script, "atomic", False)
+
+
+def operation(script: Script) -> str:
+    """The public name of the operation a script implements, for error messages."""
+    return script.__name__.lstrip("_")
+
+
+def unknown_user(script: Script, args: tuple) -> StorageError:
+    """The error for a foreign-key violation: every foreign key ends at users, every user-scoped call takes the username first."""
+    return StorageError(f"{operation(script)}: no such user {args[0]!r}")
+
+
+class SQLStorage(Storage):
+    """Storage implemented with the scripts below; a backend supplies _run()."""
+
+    @abc.abstractmethod
+    async def _run(self, script: Script, *args: Any) -> Any:
+        """Drive script(*args) to completion on a connection (in a transaction if atomic)."""
+
+    async def create_user(self, username: str, credentials: dict[str, ScramCredentials]) -> bool:
+        return await self._run(_create_user, username, credentials)
+
+    async def set_credentials(self, username: str, credentials: dict[str, ScramCredentials]) -> bool:
+        return await self._run(_set_credentials, username, credentials)
+
+    async def get_credentials(self, username: str, mechanism: str) -> ScramCredentials | None:
+        return await self._run(_get_credentials, username, mechanism)
+
+    async def user_exists(self, username: str) -> bool:
+        return await self._run(_user_exists, username)
+
+    async def delete_user(self, username: str) -> bool:
+        return await self._run(_delete_user, username)
+
+    async def list_users(self) -> list[str]:
+        return await self._run(_list_users)
+
+    async def count_users(self) -> int:
+        return await self._run(_count_users)
+
+    async def get_roster(self, username: str) -> tuple[int, list[RosterItem]]:
+        return await self._run(_get_roster, username)
+
+    async def get_roster_item(self, username: str, jid: str) -> RosterItem | None:
+        return await self._run(_get_roster_item, username, jid)
+
+    async def set_roster_item(self, username: str, item: RosterItem) -> int:
+        if item.subscription not in SUBSCRIPTIONS:
+            raise ValueError(f"subscription must be one of {SUBSCRIPTIONS}, not {item.subscription!r}")
+        return await self._run(_set_roster_item, username, item)
+
+    async def delete_roster_item(self, username: str, jid: str) -> int | None:
+        return await self._run(_delete_roster_item, username, jid)
+
+    async def get_roster_version(self, username: str) -> int:
+        return await self._run(_get_roster_version, username)
+
+    async def add_pending_subscription(self, username: str, from_jid: str, stanza_xml: str) -> None:
+        await self._run(_add_pending_subscription, username, from_jid, stanza_xml)
+
+    async def remove_pending_subscription(self, username: str, from_jid: str) -> bool:
+        return await self._run(_remove_pending_subscription, username, from_jid)
+
+    async def list_pending_subscriptions(self, username: str) -> list[tuple[str, str]]:
+        return await self._run(_list_pending_subscriptions, username)
+
+    async def get_vcard(self, username: str) -> str | None:
+        return await self._run(_get_vcard, username)
+
+    async def set_vcard(self, username: str, xml: str | None) -> None:
+        await self._run(_set_vcard, username, xml)
+
+    async def get_setting(self, key: str) -> str | None:
+        return await self._run(_get_setting, key)
+
+    async def set_setting(self, key: str, value: str) -> None:
+        await self._run(_set_setting, key, value)
+
+    async def set_setting_if_absent(self, key: str, value: str) -> str:
+        return await self._run(_set_setting_if_absent, key, value)
+
+
+# -- accounts -------------------------------------------------------------
+
+_INSERT_CREDENTIALS = (
+    "INSERT INTO scram_credentials (username, mechanism, salt, iterations, stored_key, server_key)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+def _credential_rows(username: str, credentials: dict[str, ScramCredentials]) -> list[tuple]:
+    return [
+        (username, mechanism, c.salt, c.iterations, c.stored_key, c.server_key)
+        for mechanism, c in credentials.items()
+    ]
+
+
+@atomic
+def _create_user(username, credentials):
+    if not (yield execute("INSERT INTO users (username) VALUES (?) ON CONFLICT (username) DO NOTHING", username)):
+        return False
+    if credentials:
+        yield execute_many(_INSERT_CREDENTIALS, _credential_rows(username, credentials))
+    return True
+
+
+@atomic
+def _set_credentials(username, credentials):
+    if not (yield select("SELECT 1 FROM users WHERE username = ?", username)):
+        return False
+    yield execute("DELETE FROM scram_credentials WHERE username = ?", username)
+    if credentials:
+        yield execute_many(_INSERT_CREDENTIALS, _credential_rows(username, credentials))
+    return True
+
+
+def _get_credentials(username, mechanism):
+    rows = yield select(
+        "SELECT salt, iterations, stored_key, server_key FROM scram_credentials"
+        " WHERE username = ? AND mechanism = ?",
+        username,
+        mechanism,
+    )
+    if not rows:
+        return None
+    salt, iterations, stored_key, server_key = rows[0]
+    return ScramCredentials(salt, iterations, stored_key, server_key)
+
+
+def _user_exists(username):
+    rows = yield select("SELECT 1 FROM users WHERE username = ?", username)
+    return bool(rows)
+
+
+def _delete_user(username):
+    # One statement: ON DELETE CASCADE removes everything that references the user within it.
+    deleted = yield execute("DELETE FROM users WHERE username = ?", username)
+    return bool(deleted)
+
+
+def _list_users():
+    rows = yield select("SELECT username FROM users ORDER BY username")
+    return [username for (username,) in rows]
+
+
+def _count_users():
+    [(count,)] = yield select("SELECT COUNT(*) FROM users")
+    return count
+
+
+# -- roster -------------------------------------------------------------------
+# Writers touch the roster_items row first and users.roster_version last, so
+# concurrent PostgreSQL transactions take row locks in one order (no deadlock)
+# and the version bump serializes them per user.
+
+
+def _roster_items(rows: Iterable[tuple]) -> list[RosterItem]:
+    """Fold (jid, name, subscription, ask, approved, group) rows, ordered by jid, into items."""
+    items: list[RosterItem] = []
+    for jid, name, subscription, ask, approved, group in rows:
+        if not items or items[-1].jid != jid:
+            items.append(RosterItem(jid, name, subscription, bool(ask), bool(approved), []))
+        if group is not None:
+            items[-1].groups.append(group)
+    return items
+
+
+def _get_roster(username):
+    # One statement, so the version and the items come from one snapshot.
+    rows = yield select(
+        "SELECT u.roster_version, i.jid, i.name, i.subscription, i.ask, i.approved, g.group_name"
+        " FROM users AS u"
+        " LEFT JOIN roster_items AS i ON i.username = u.username"
+        " LEFT JOIN roster_groups AS g ON g.username = i.username AND g.jid = i.jid"
+        " WHERE u.username = ?"
+        " ORDER BY i.jid, g.group_name",
+        username,
+    )
+    if not rows:
+        return 0, []
+    return rows[0][0], _roster_items(row[1:] for row in rows if row[1] is not None)
+
+
+def _get_roster_item(username, jid):
+    rows = yield select(
+        "SELECT i.jid, i.name, i.subscription, i.ask, i.approved, g.group_name"
+        " FROM roster_items AS i"
+        " LEFT JOIN roster_groups AS g ON g.username = i.username AND g.jid = i.jid"
+        " WHERE i.username = ? AND i.jid = ?"
+        " ORDER BY g.group_name",
+        username,
+        jid,
+    )
+    items = _roster_items(rows)
+    return items[0] if items else None
+
+
+def _bump_roster_version(username):
+    [(version,)] = yield select(
+        "UPDATE users SET roster_version = roster_version + 1 WHERE username = ? RETURNING roster_version",
+        username,
+    )
+    return version
+
+
+@atomic
+def _set_roster_item(username, item):
+    yield execute(
+        "INSERT INTO roster_items (username, jid, name, subscription, ask, approved)"
+        " VALUES (?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (username, jid) DO UPDATE SET name = excluded.name,"
+        " subscription = excluded.subscription, ask = excluded.ask, approved = excluded.approved",
+        username,
+        item.jid,
+        item.name,
+        item.subscription,
+        item.ask,
+        item.approved,
+    )
+    yield execute("DELETE FROM roster_groups WHERE username = ? AND jid = ?", username, item.jid)
+    groups = sorted(set(item.groups))
+    if groups:
+        yield execute_many(
+            "INSERT INTO roster_groups (username, jid, group_name) VALUES (?, ?, ?)",
+            [(username, item.jid, group) for group in groups],
+        )
+    # The item's foreign key held the users row against deletion, so the row is there.
+    return (yield from _bump_roster_version(username))
+
+
+@atomic
+def _delete_roster_item(username, jid):
+    if not (yield execute("DELETE FROM roster_items WHERE username = ? AND jid = ?", username, jid)):
+        return None
+    return (yield from _bump_roster_version(username))
+
+
+def _get_roster_version(username):
+    rows = yield select("SELECT roster_version FROM users WHERE username = ?", username)
+    return rows[0][0] if rows else 0
+
+
+# -- pending inbound subscriptions ---------------------------------------------
+
+
+def _add_pending_subscription(username, from_jid, stanza_xml):
+    # An upsert keeps the row's id, and so the request's place in the queue.
+    yield execute(
+        "INSERT INTO pending_subscriptions (username, from_jid, stanza_xml) VALUES (?, ?, ?)"
+        " ON CONFLICT (username, from_jid) DO UPDATE SET stanza_xml = excluded.stanza_xml",
+        username,
+        from_jid,
+        stanza_xml,
+    )
+
+
+def _remove_pending_subscription(username, from_jid):
+    removed = yield execute("DELETE FROM pending_subscriptions WHERE username = ? AND from_jid = ?", username, from_jid)
+    return bool(removed)
+
+
+def _list_pending_subscriptions(username):
+    rows = yield select(
+        "SELECT from_jid, stanza_xml FROM pending_subscriptions WHERE username = ? ORDER BY id", username
+    )
+    return [(from_jid, stanza_xml) for from_jid, stanza_xml in rows]
+
+
+# -- vcard-temp -----------------------------------------------------------------
+
+
+def _get_vcard(username):
+    rows = yield select("SELECT xml FROM vcards WHERE username = ?", username)
+    return rows[0][0] if rows else None
+
+
+def _set_vcard(username, xml):
+    if xml is None:
+        yield execute("DELETE FROM vcards WHERE username = ?", username)
+    else:
+        yield execute(
+            "INSERT INTO vcards (username, xml) VALUES (?, ?) ON CONFLICT (username) DO UPDATE SET xml = excluded.xml",
+            username,
+            xml,
+        )
+
+
+# -- settings ---------------------------------------------------------------------
+
+
+def _get_setting(key):
+    rows = yield select("SELECT value FROM settings WHERE key = ?", key)
+    return rows[0][0] if rows else None
+
+
+def _set_setting(key, value):
+    yield execute(
+        "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        key,
+        value,
+    )
+
+
+def _set_setting_if_absent(key, value):
+    # The no-op update makes RETURNING yield the stored row in both cases, in one statement.
+    [(stored,)] = yield select(
+        "INSERT INTO settings (key, value) VALUES (?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = settings.value RETURNING value",
+        key,
+        value,
+    )
+    return stored
