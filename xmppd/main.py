@@ -1,0 +1,165 @@
+"""The `xmppd` daemon: read the config, open storage, listen, run.
+
+Twisted runs on its asyncio reactor so that asyncio libraries (psycopg's async
+API, aioapns) share one event loop with the network code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import sys
+from dataclasses import dataclass, field
+
+from . import __version__
+from .config import Config, ConfigError, load_config
+
+log = logging.getLogger("xmppd")
+
+DEFAULT_CONFIG = "/etc/xmppd/xmppd.toml"
+FAKE_SECRET_KEY = "sasl-unknown-user-secret"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="xmppd", description="XMPP server for phones that sleep.")
+    parser.add_argument("-c", "--config", default=os.environ.get("XMPPD_CONFIG", DEFAULT_CONFIG),
+                        help=f"configuration file (default {DEFAULT_CONFIG}, or $XMPPD_CONFIG)")
+    parser.add_argument("--demo", metavar="DIR",
+                        help="set up DIR (config, SQLite, self-signed certificate, a demo account whose "
+                             "password is printed) if needed, then run from it; --config is ignored")
+    parser.add_argument("--version", action="version", version=f"xmppd {__version__}")
+    args = parser.parse_args(argv)
+    try:
+        if args.demo:
+            from .demo import prepare_demo
+
+            config = prepare_demo(args.demo)
+        else:
+            config = load_config(args.config)
+    except ConfigError as error:
+        print(f"xmppd: configuration error:\n{error}", file=sys.stderr)
+        return 2
+    setup_logging(config)
+    return run(config)
+
+
+def setup_logging(config: Config) -> None:
+    """One log for everything, Twisted's messages included."""
+    handler: logging.Handler
+    if config.logging.file:
+        handler = logging.FileHandler(config.logging.file)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.logging.level.upper())
+    from twisted.logger import STDLibLogObserver, globalLogBeginner
+
+    globalLogBeginner.beginLoggingTo([STDLibLogObserver(name="twisted")], redirectStandardIO=False)
+
+
+def run(config: Config) -> int:
+    from twisted.internet import asyncioreactor
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    asyncioreactor.install(loop)
+    from twisted.internet import reactor
+
+    state = Running(config)
+    exit_code = [0]
+
+    def failed(error: BaseException) -> None:
+        log.critical("xmppd could not start: %s", error)
+        exit_code[0] = 1
+        reactor.stop()
+
+    def begin() -> None:
+        task = asyncio.ensure_future(state.start(reactor))
+        task.add_done_callback(lambda t: failed(t.exception()) if t.exception() else None)
+
+    reactor.callWhenRunning(begin)
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: _as_deferred(state.stop()))
+    reactor.run()
+    return exit_code[0]
+
+
+def _as_deferred(coroutine):
+    from twisted.internet.defer import Deferred
+
+    return Deferred.fromFuture(asyncio.ensure_future(coroutine))
+
+
+@dataclass
+class Running:
+    """Everything a started server holds, so that stop() can release it in order."""
+    config: Config
+    storage: object = None
+    server: object = None
+    ports: list = field(default_factory=list)
+    factories: list = field(default_factory=list)
+
+    async def start(self, reactor) -> None:
+        from .auth_throttle import AuthThrottle
+        from .c2s import C2SFactory
+        from .c2s_machine import StreamSettings
+        from .config import OPTIONAL_MODULES
+        from .server import CORE_MODULES, Server
+        from .accounts import open_configured_storage
+        from .tls import TLSSettings
+
+        config = self.config
+        self.storage = await open_configured_storage(config)
+        fake_secret = await self.storage.set_setting_if_absent(FAKE_SECRET_KEY, secrets.token_hex(32))
+        server = self.server = Server(config, self.storage)
+        server.load_modules(CORE_MODULES + tuple(m for m in OPTIONAL_MODULES if m in config.modules.enabled))
+        tls = TLSSettings.load(config.tls.certificate, config.tls.private_key) if config.tls.certificate else None
+        c2s = config.c2s
+        auth = config.auth
+        settings = StreamSettings(
+            domain=server.domain, require_encryption=c2s.require_encryption, tls_available=tls is not None,
+            mechanisms=auth.mechanisms, channel_binding=auth.channel_binding,
+            max_stanza_size=c2s.max_stanza_size, scram_iterations=auth.scram_iterations,
+            fake_secret=fake_secret.encode(), register_before_auth="register" in config.modules.enabled,
+            bound_features=server.stream_features)
+        throttle = AuthThrottle(free_failures=auth.throttle_free_failures, max_delay=auth.throttle_max_delay,
+                                window=auth.throttle_window)
+        listeners = []
+        if c2s.port:
+            factory = C2SFactory(server, settings, tls, throttle, reactor)
+            self.factories.append(factory)
+            for interface in c2s.interfaces:
+                self.ports.append(reactor.listenTCP(c2s.port, factory, backlog=1024, interface=interface))
+                listeners.append(f"{_host(interface)}:{c2s.port}")
+        if c2s.direct_tls_port and tls is not None:
+            factory = C2SFactory(server, settings, tls, throttle, reactor, direct_tls=True)
+            self.factories.append(factory)
+            for interface in c2s.interfaces:
+                self.ports.append(reactor.listenSSL(c2s.direct_tls_port, factory, tls.context_factory,
+                                                    backlog=1024, interface=interface))
+                listeners.append(f"{_host(interface)}:{c2s.direct_tls_port} (direct TLS)")
+        log.info("xmppd %s serving %s with %s storage; listening on %s", __version__, server.domain,
+                 config.storage.backend, ", ".join(listeners) or "nothing")
+
+    async def stop(self) -> None:
+        """Stop listening, tell clients the server is going away, release storage."""
+        for port in self.ports:
+            port.stopListening()
+        for factory in self.factories:
+            for connection in list(factory.connections):
+                connection.close_stream("system-shutdown", "the server is stopping", reason="server stopping")
+        if self.storage is not None:
+            await self.storage.close()
+        log.info("xmppd stopped")
+
+
+def _host(interface: str) -> str:
+    return f"[{interface}]" if ":" in interface else interface
+
+
+if __name__ == "__main__":
+    sys.exit(main())

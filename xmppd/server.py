@@ -1,0 +1,156 @@
+"""The small core every feature module plugs into.
+
+It owns the session table and three registries: iq handlers (by payload
+element and by whom the iq is addressed to), disco features, and named hooks.
+A feature is a module with ``setup(server)`` that registers itself here, the
+way Prosody's mod_*.lua files do; the core never grows a branch per XEP.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import secrets
+from collections import defaultdict
+from typing import Any, Awaitable, Callable, Iterable
+
+from lxml import etree
+
+from .config import Config
+from .jid import JID
+from .router import Router
+from .session import Connection, Session
+from .storage import Storage
+
+log = logging.getLogger("xmppd.server")
+
+# Always loaded: the RFC 6121 core and what every client probes for.
+CORE_MODULES = ("roster", "presence", "disco", "ping")
+
+# Whom an iq handler answers for: the server itself (to='domain' or its resources) or a local account
+# (to='user@domain', or no 'to' from that user's own session).
+SCOPE_SERVER = "server"
+SCOPE_ACCOUNT = "account"
+
+# handler(iq, origin_session_or_None, to_jid) -> reply element | None | awaitable of either
+IqHandler = Callable[[etree._Element, Session | None, JID], Any]
+
+
+class Server:
+    def __init__(self, config: Config, storage: Storage) -> None:
+        self.config = config
+        self.storage = storage
+        self.domain = config.server.domain
+        self.sessions: dict[str, dict[str, Session]] = {}
+        self.router = Router(self)
+        self._iq_handlers: dict[tuple[str, str], IqHandler] = {}
+        self._features: dict[str, set[str]] = defaultdict(set)
+        self._identities: dict[str, list[tuple[str, str, str | None]]] = defaultdict(list)
+        self._hooks: dict[str, list[Callable]] = defaultdict(list)
+        self._stream_features: list[Callable[[], etree._Element]] = []
+        self.modules: dict[str, Any] = {}
+
+    # ------------------------------------------------------------ modules
+    def load_modules(self, names: Iterable[str]) -> None:
+        for name in names:
+            if name in self.modules:
+                continue
+            module = importlib.import_module(f"xmppd.{name}")
+            self.modules[name] = module.setup(self)
+            log.debug("module %s loaded", name)
+
+    def module(self, name: str) -> Any:
+        return self.modules[name]
+
+    def add_iq_handler(self, payload_tag: str, handler: IqHandler, *, scopes: Iterable[str] = (SCOPE_SERVER,)) -> None:
+        for scope in scopes:
+            key = (payload_tag, scope)
+            if key in self._iq_handlers:
+                raise ValueError(f"two handlers for {payload_tag} ({scope})")
+            self._iq_handlers[key] = handler
+
+    def iq_handler(self, payload_tag: str, scope: str) -> IqHandler | None:
+        return self._iq_handlers.get((payload_tag, scope))
+
+    def add_feature(self, var: str, *, scopes: Iterable[str] = (SCOPE_SERVER,)) -> None:
+        for scope in scopes:
+            self._features[scope].add(var)
+
+    def features(self, scope: str) -> list[str]:
+        return sorted(self._features[scope])
+
+    def add_identity(self, category: str, type_: str, name: str | None = None, *, scope: str = SCOPE_SERVER) -> None:
+        self._identities[scope].append((category, type_, name))
+
+    def identities(self, scope: str) -> list[tuple[str, str, str | None]]:
+        return list(self._identities[scope])
+
+    def add_stream_feature(self, make_element: Callable[[], etree._Element]) -> None:
+        """A child of <stream:features/> offered once the client is authenticated (rosterver, sm, csi …)."""
+        self._stream_features.append(make_element)
+
+    def stream_features(self) -> list[etree._Element]:
+        return [make_element() for make_element in self._stream_features]
+
+    # ------------------------------------------------------------ hooks
+    def on(self, event: str, callback: Callable) -> None:
+        """Run `callback` when `event` fires. Hooks in use: 'session-bound' (session),
+        'session-ended' (session), 'account-deleted' (username)."""
+        self._hooks[event].append(callback)
+
+    def fire(self, event: str, *args: Any) -> list[Awaitable]:
+        """Call every callback; return the awaitables of the async ones for the caller to await."""
+        pending = []
+        for callback in self._hooks[event]:
+            try:
+                result = callback(*args)
+            except Exception:
+                log.exception("hook %s failed in %r", event, callback)
+                continue
+            if result is not None and hasattr(result, "__await__"):
+                pending.append(result)
+        return pending
+
+    # ------------------------------------------------------------ sessions
+    def bind(self, connection: Connection, username: str, resource: str | None) -> Session:
+        """Register a new session. A second bind of the same full JID replaces the old session, which is
+        closed with <conflict/> (RFC 6120 §7.7.2.2, the 'override' policy)."""
+        bare = f"{username}@{self.domain}"
+        resources = self.sessions.get(bare, {})
+        if resource is None:
+            resource = secrets.token_hex(4)
+            while resource in resources:
+                resource = secrets.token_hex(4)
+        old = resources.get(resource)
+        if old is not None:
+            log.info("session %s replaced by a new connection from %s", old.full, connection.address)
+            self.unbind(old)
+            old.connection.close_stream("conflict", "replaced by a new connection", reason="resource conflict")
+        session = Session(self, connection, username, resource)
+        self.sessions.setdefault(bare, {})[resource] = session
+        self.fire("session-bound", session)
+        return session
+
+    def unbind(self, session: Session) -> None:
+        """Take a session out of routing; modules see 'session-ended' (presence goes unavailable)."""
+        if session.closed:
+            return
+        session.closed = True
+        resources = self.sessions.get(session.bare)
+        if resources is not None and resources.get(session.resource) is session:
+            del resources[session.resource]
+            if not resources:
+                del self.sessions[session.bare]
+        self.fire("session-ended", session)
+
+    def sessions_of(self, bare: str) -> dict[str, Session]:
+        return self.sessions.get(bare, {})
+
+    def session(self, full: JID) -> Session | None:
+        return self.sessions.get(str(full.bare), {}).get(full.resource)
+
+    def available_sessions(self, bare: str) -> list[Session]:
+        return [s for s in self.sessions.get(bare, {}).values() if s.available]
+
+    def is_local(self, jid: JID) -> bool:
+        return jid.domain == self.domain

@@ -1,0 +1,113 @@
+"""A bound resource: the thing the router delivers to.
+
+A Session knows nothing about sockets; it writes through a callable and asks
+its connection to close. That keeps routing testable without a reactor, and
+lets a later session outlive its socket (XEP-0198 hibernation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Protocol
+
+from lxml import etree
+
+from .jid import JID
+from .stanza import serialize
+
+if TYPE_CHECKING:
+    from .server import Server
+
+log = logging.getLogger("xmppd.session")
+
+# Stanzas held while an async handler for an earlier one runs; past this the connection stops reading,
+# so a client that floods slow requests is slowed down instead of eating memory.
+INBOX_PAUSE = 64
+
+
+class Connection(Protocol):
+    """What a Session needs from the transport that carries it."""
+
+    address: str
+
+    def write(self, data: bytes) -> None: ...
+    def close_stream(self, condition: str | None = None, text: str | None = None,
+                     reason: str = "") -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+class Session:
+    __slots__ = ("server", "connection", "username", "resource", "jid", "full", "bare", "bare_jid",
+                 "presence", "priority", "available", "roster_requested", "directed", "_inbox", "_busy", "_paused",
+                 "closed", "__weakref__")
+
+    def __init__(self, server: "Server", connection: Connection, username: str, resource: str) -> None:
+        self.server = server
+        self.connection = connection
+        self.username = username
+        self.resource = resource
+        self.bare = f"{username}@{server.domain}"
+        self.full = f"{self.bare}/{resource}"
+        self.jid = JID(username, server.domain, resource)
+        self.bare_jid = self.jid.bare
+        self.presence: etree._Element | None = None   # last broadcast available presence
+        self.priority = 0
+        self.available = False                         # sent initial presence, not yet unavailable
+        self.roster_requested = False                  # an "interested resource" (RFC 6121 §2.1.6)
+        self.directed: set[str] = set()                # JIDs that got directed presence (RFC 6121 §4.6)
+        self._inbox: deque[etree._Element] = deque()
+        self._busy = False
+        self._paused = False
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<Session {self.full}>"
+
+    # ------------------------------------------------------------ outbound
+    def deliver(self, element: etree._Element) -> None:
+        """Write a stanza to this client (serialised once, here)."""
+        if not self.closed:
+            self.connection.write(serialize(element))
+
+    def deliver_bytes(self, data: bytes) -> None:
+        """Write an already-serialised stanza (for fan-out: serialise once, send to many)."""
+        if not self.closed:
+            self.connection.write(data)
+
+    # ------------------------------------------------------------ inbound, in order
+    def handle(self, element: etree._Element) -> None:
+        """A stanza from this client. RFC 6120 §10.1 wants in-order processing: while an async handler for
+        an earlier stanza runs, later ones wait here."""
+        if self._busy:
+            self._inbox.append(element)
+            if not self._paused and len(self._inbox) >= INBOX_PAUSE:
+                self._paused = True
+                self.connection.pause_reading()
+            return
+        self._run(element)
+
+    def _run(self, element: etree._Element) -> None:
+        while True:
+            pending = self.server.router.from_client(self, element)
+            if pending is not None:
+                self._busy = True
+                task = asyncio.ensure_future(pending)
+                task.add_done_callback(self._handler_done)
+                return
+            if not self._inbox:
+                return
+            element = self._inbox.popleft()
+
+    def _handler_done(self, task: "asyncio.Future") -> None:
+        self._busy = False
+        if not task.cancelled() and task.exception() is not None:
+            log.error("handler for %s failed", self.full, exc_info=task.exception())
+        if self._paused and len(self._inbox) < INBOX_PAUSE // 2:
+            self._paused = False
+            self.connection.resume_reading()
+        if self._inbox and not self.closed:
+            self._run(self._inbox.popleft())
+
