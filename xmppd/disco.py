@@ -1,0 +1,72 @@
+"""XEP-0030 service discovery for the server and for accounts.
+
+Features and identities come from what the loaded modules registered with the
+core, so disco never lists a feature that is not there.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from lxml import etree
+
+from .jid import JID
+from .server import SCOPE_ACCOUNT, SCOPE_SERVER
+from .stanza import StanzaError, iq_result, qname
+
+if TYPE_CHECKING:
+    from .server import Server
+    from .session import Session
+
+NS_INFO = "http://jabber.org/protocol/disco#info"
+NS_ITEMS = "http://jabber.org/protocol/disco#items"
+
+
+class Disco:
+    def __init__(self, server: "Server") -> None:
+        self.server = server
+        server.add_identity("server", "im", "xmppd", scope=SCOPE_SERVER)
+        server.add_identity("account", "registered", scope=SCOPE_ACCOUNT)
+        for scope in (SCOPE_SERVER, SCOPE_ACCOUNT):
+            server.add_feature(NS_INFO, scopes=(scope,))
+            server.add_feature(NS_ITEMS, scopes=(scope,))
+        server.add_iq_handler(qname(NS_INFO, "query"), self.info_server, scopes=(SCOPE_SERVER,))
+        server.add_iq_handler(qname(NS_INFO, "query"), self.info_account, scopes=(SCOPE_ACCOUNT,))
+        server.add_iq_handler(qname(NS_ITEMS, "query"), self.items, scopes=(SCOPE_SERVER, SCOPE_ACCOUNT))
+
+    def info_server(self, iq: etree._Element, origin: "Session | None", to: JID) -> etree._Element:
+        return self._info(iq, SCOPE_SERVER)
+
+    def info_account(self, iq: etree._Element, origin: "Session | None", to: JID) -> etree._Element:
+        # XEP-0030 §4.3 / RFC 6121: an account answers only to itself and to its subscribers; others learn
+        # nothing, not even whether it exists. Subscriber checks arrive with PEP; until then, owner only.
+        if origin is None or origin.bare_jid != to:
+            raise StanzaError("service-unavailable")
+        return self._info(iq, SCOPE_ACCOUNT)
+
+    def _info(self, iq: etree._Element, scope: str) -> etree._Element:
+        if iq.get("type") != "get":
+            raise StanzaError("bad-request", "disco#info is read-only")
+        if iq[0].get("node"):
+            raise StanzaError("item-not-found", "no such node")
+        query = etree.Element(qname(NS_INFO, "query"), nsmap={None: NS_INFO})
+        for category, type_, name in self.server.identities(scope):
+            identity = etree.SubElement(query, qname(NS_INFO, "identity"), category=category, type=type_)
+            if name:
+                identity.set("name", name)
+        for var in self.server.features(scope):
+            etree.SubElement(query, qname(NS_INFO, "feature"), var=var)
+        return iq_result(iq, query)
+
+    def items(self, iq: etree._Element, origin: "Session | None", to: JID) -> etree._Element:
+        if iq.get("type") != "get":
+            raise StanzaError("bad-request", "disco#items is read-only")
+        if to.local is not None and (origin is None or origin.bare_jid != to):
+            raise StanzaError("service-unavailable")
+        if iq[0].get("node"):
+            raise StanzaError("item-not-found", "no such node")
+        return iq_result(iq, etree.Element(qname(NS_ITEMS, "query"), nsmap={None: NS_ITEMS}))
+
+
+def setup(server: "Server") -> Disco:
+    return Disco(server)
