@@ -1,0 +1,152 @@
+"""`xmppctl`: administration from the command line, against the same storage as the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+
+from .config import ConfigError, load_config, render_config
+from .jid import JID, InvalidJID
+
+DEFAULT_CONFIG = "/etc/xmppd/xmppd.toml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="xmppctl", description="Administer an xmppd server.")
+    parser.add_argument("-c", "--config", default=os.environ.get("XMPPD_CONFIG", DEFAULT_CONFIG),
+                        help=f"configuration file (default {DEFAULT_CONFIG}, or $XMPPD_CONFIG)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in (("adduser", "create an account (password from a prompt, or stdin when piped)"),
+                            ("passwd", "set a new password (prompt, or stdin when piped)"),
+                            ("deluser", "delete an account and all its data")):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("jid", help="user@domain (or just user)")
+    commands.add_parser("listusers", help="list the accounts")
+    commands.add_parser("check-config", help="validate the configuration and print the effective settings")
+    cert = commands.add_parser("cert", help="certificates")
+    cert_commands = cert.add_subparsers(dest="cert_command", required=True, metavar="COMMAND")
+    generate = cert_commands.add_parser("generate", help="make a self-signed certificate for the domain")
+    generate.add_argument("--days", type=int, default=3650)
+    generate.add_argument("--force", action="store_true", help="overwrite existing files")
+    args = parser.parse_args(argv)
+    try:
+        # `cert generate` is how missing certificate files get made, so it does not insist they exist.
+        config = load_config(args.config, check_files=args.command != "cert")
+    except ConfigError as error:
+        print(f"xmppctl: configuration error:\n{error}", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[args.command](config, args)
+    except UserError as error:
+        print(f"xmppctl: {error}", file=sys.stderr)
+        return 1
+
+
+class UserError(Exception):
+    pass
+
+
+def _username(config, text: str) -> str:
+    try:
+        jid = JID.parse(text if "@" in text else f"{text}@{config.server.domain}")
+    except InvalidJID as error:
+        raise UserError(f"{text!r} is not a valid JID: {error}") from None
+    if jid.domain != config.server.domain or jid.local is None or jid.resource is not None:
+        raise UserError(f"{text} is not an account of {config.server.domain}")
+    return jid.local
+
+
+def _read_password(prompt_twice: bool = True) -> str:
+    if not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if prompt_twice and getpass.getpass("Again: ") != password:
+            raise UserError("the passwords differ")
+    if not password:
+        raise UserError("an empty password is not allowed")
+    return password
+
+
+def _with_storage(config, work):
+    from .accounts import open_configured_storage
+    from .storage import StorageError
+
+    async def run():
+        storage = await open_configured_storage(config)
+        try:
+            return await work(storage)
+        finally:
+            await storage.close()
+
+    try:
+        return asyncio.run(run())
+    except StorageError as error:
+        raise UserError(str(error)) from None
+
+
+def adduser(config, args) -> int:
+    from .sasl import derive_credentials
+
+    username = _username(config, args.jid)
+    credentials = derive_credentials(_read_password(), config.auth.scram_iterations)
+    if not _with_storage(config, lambda storage: storage.create_user(username, credentials)):
+        raise UserError(f"{username}@{config.server.domain} exists already (use passwd)")
+    print(f"created {username}@{config.server.domain}")
+    return 0
+
+
+def passwd(config, args) -> int:
+    from .sasl import derive_credentials
+
+    username = _username(config, args.jid)
+    credentials = derive_credentials(_read_password(), config.auth.scram_iterations)
+    if not _with_storage(config, lambda storage: storage.set_credentials(username, credentials)):
+        raise UserError(f"no account {username}@{config.server.domain}")
+    print(f"password of {username}@{config.server.domain} changed")
+    return 0
+
+
+def deluser(config, args) -> int:
+    username = _username(config, args.jid)
+    if not _with_storage(config, lambda storage: storage.delete_user(username)):
+        raise UserError(f"no account {username}@{config.server.domain}")
+    print(f"deleted {username}@{config.server.domain} and all its data")
+    return 0
+
+
+def listusers(config, args) -> int:
+    for username in _with_storage(config, lambda storage: storage.list_users()):
+        print(f"{username}@{config.server.domain}")
+    return 0
+
+
+def check_config(config, args) -> int:
+    print(f"# {config.path}: OK")
+    print(render_config(config), end="")
+    return 0
+
+
+def cert(config, args) -> int:
+    from .certs import certificate_summary, generate_self_signed
+
+    tls = config.tls
+    if not tls.certificate or not tls.private_key:
+        raise UserError("set [tls] certificate and private_key in the configuration first")
+    try:
+        generate_self_signed(config.server.domain, tls.certificate, tls.private_key, days=args.days,
+                             overwrite=args.force)
+    except FileExistsError as error:
+        raise UserError(f"{error.filename or error} exists; use --force to replace it") from None
+    print(f"wrote {tls.certificate} and {tls.private_key}: {certificate_summary(tls.certificate)}")
+    return 0
+
+
+COMMANDS = {"adduser": adduser, "passwd": passwd, "deluser": deluser, "listusers": listusers,
+            "check-config": check_config, "cert": cert}
+
+if __name__ == "__main__":
+    sys.exit(main())
