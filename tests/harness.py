@@ -26,10 +26,16 @@ DOMAIN = "localhost"
 START_TIMEOUT = 30.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports: all sockets stay bound until every port is picked."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 class XmppdProcess:
@@ -38,8 +44,7 @@ class XmppdProcess:
         self.backend = backend
         self.cert = cert
         self.key = key
-        self.port = free_port()
-        self.tls_port = free_port()
+        self.port, self.tls_port = free_ports(2)
         self.log_path = workdir / "xmppd.log"
         self.config_path = workdir / "xmppd.toml"
         self.storage_kwargs, self._remove_storage = asyncio.run(backend_config(backend, workdir))

@@ -131,7 +131,7 @@ def test_server_survives_garbage_and_half_open_sockets(xmppd, account):
 
     async def scenario():
         client = await Client(xmppd, alice, pa).login()
-        await client["xep_0199"].ping(jid="localhost", timeout=5)
+        await client.plugin["xep_0199"].ping(jid="localhost", timeout=5)
         await client.close()
 
     run(scenario())

@@ -274,15 +274,15 @@ def test_disco_ping_version(xmppd, account):
 
     async def scenario():
         a = await online(xmppd, alice, pa)
-        info = await a["xep_0030"].get_info(jid="localhost", timeout=5)
+        info = await a.plugin["xep_0030"].get_info(jid="localhost", timeout=5)
         features = set(info["disco_info"]["features"])
         assert {"urn:xmpp:ping", "http://jabber.org/protocol/disco#info", "jabber:iq:version",
                 "vcard-temp"} <= features
         assert ("server", "im", None, "xmppd") in info["disco_info"]["identities"]
-        own = await a["xep_0030"].get_info(jid=alice, timeout=5)
+        own = await a.plugin["xep_0030"].get_info(jid=alice, timeout=5)
         assert ("account", "registered", None, None) in own["disco_info"]["identities"]
-        await a["xep_0199"].ping(jid="localhost", timeout=5)
-        version = await a["xep_0092"].get_version("localhost", timeout=5)
+        await a.plugin["xep_0199"].ping(jid="localhost", timeout=5)
+        version = await a.plugin["xep_0092"].get_version("localhost", timeout=5)
         assert version["software_version"]["name"] == "xmppd"
         assert not version["software_version"]["os"]
         await a.close()
@@ -296,13 +296,13 @@ def test_vcard_set_and_get_by_another_user(xmppd, account):
     async def scenario():
         a = await online(xmppd, alice, pa)
         b = await online(xmppd, bob, pb)
-        vcard = a["xep_0054"].make_vcard()
+        vcard = a.plugin["xep_0054"].make_vcard()
         vcard["FN"] = "Alice Example"
-        await a["xep_0054"].publish_vcard(vcard, timeout=5)
-        fetched = await b["xep_0054"].get_vcard(jid=alice, cached=False, timeout=5)
+        await a.plugin["xep_0054"].publish_vcard(vcard, timeout=5)
+        fetched = await b.plugin["xep_0054"].get_vcard(jid=alice, cached=False, timeout=5)
         assert fetched["vcard_temp"]["FN"] == "Alice Example"
         try:
-            await b["xep_0054"].publish_vcard(vcard, jid=alice, timeout=5)
+            await b.plugin["xep_0054"].publish_vcard(vcard, jid=alice, timeout=5)
         except IqError as error:
             assert error.iq["error"]["condition"] == "forbidden"
         else:

@@ -41,6 +41,32 @@ def test_wrong_password_and_unknown_user_fail_alike(xmppd, account, mechanism):
     assert password not in log
 
 
+def test_repeated_failures_are_slowed_down_for_known_and_unknown_accounts(xmppd, account):
+    jid, password = account()
+    victim = jid.split("@")[0]
+
+    async def fail(who: str):
+        with pytest.raises(AuthFailed):
+            await Client(xmppd, who, "not-the-password", mechanism="PLAIN").login(timeout=30)
+
+    async def succeed():
+        # A success clears the address's record, so the rest of the module's tests are not slowed.
+        await (await Client(xmppd, jid, password).login(timeout=30)).close()
+
+    async def scenario():
+        for _ in range(4):
+            await fail(jid)
+        await succeed()
+        for _ in range(4):
+            await fail("no-such-account@localhost")
+        await succeed()
+
+    run(scenario())
+    log = xmppd.log()
+    assert f"login attempt for '{victim}' held 1.0 s after repeated failures" in log
+    assert "login attempt for 'no-such-account' held 1.0 s after repeated failures" in log
+
+
 def test_requested_resource_and_conflict(xmppd, account):
     jid, password = account()
 
@@ -54,7 +80,7 @@ def test_requested_resource_and_conflict(xmppd, account):
         await asyncio.wait_for(gone, 5)
         assert [e["condition"] for e in first.stream_errors] == ["conflict"]
         # The new session is the one that gets the stanzas now.
-        reply = await second["xep_0199"].ping(jid=None, timeout=5)
+        reply = await second.plugin["xep_0199"].ping(jid=None, timeout=5)
         await second.close()
         return reply
 
@@ -73,3 +99,53 @@ def test_server_chosen_resources_differ(xmppd, account):
         await b.close()
 
     run(scenario())
+
+
+def _scram_plus_over_direct_tls(xmppd, username: str, password: str, binding_data=None) -> bytes:
+    """SCRAM-SHA-256-PLUS with tls-server-end-point, by hand: slixmpp has no channel binding."""
+    import base64
+    import hashlib
+    import socket
+    import ssl
+
+    from scramp import ScramClient
+
+    from tests.harness import read_until
+
+    context = ssl.create_default_context(cafile=xmppd.cert)
+    with context.wrap_socket(socket.create_connection(("127.0.0.1", xmppd.tls_port), timeout=10),
+                             server_hostname="localhost") as sock:
+        sock.sendall(b"<stream:stream to='localhost' version='1.0' xmlns='jabber:client' "
+                     b"xmlns:stream='http://etherx.jabber.org/streams'>")
+        features = read_until(sock, b"</stream:features>")
+        assert b"<mechanism>SCRAM-SHA-256-PLUS</mechanism>" in features
+        assert b'<channel-binding type="tls-server-end-point"/>' in features
+        if binding_data is None:
+            binding_data = hashlib.sha256(sock.getpeercert(binary_form=True)).digest()
+        client = ScramClient(["SCRAM-SHA-256-PLUS"], username, password,
+                             channel_binding=("tls-server-end-point", binding_data))
+        first = base64.b64encode(client.get_client_first().encode()).decode()
+        sock.sendall(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256-PLUS'>"
+                     f"{first}</auth>".encode())
+        challenge = read_until(sock, b"</challenge>")
+        server_first = challenge.split(b">", 1)[1].split(b"<", 1)[0]
+        client.set_server_first(base64.b64decode(server_first).decode())
+        final = base64.b64encode(client.get_client_final().encode()).decode()
+        sock.sendall(f"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{final}</response>".encode())
+        answer = b""
+        while b"</success>" not in answer and b"</failure>" not in answer:
+            answer += read_until(sock, b">")
+        if b"<success" in answer:
+            server_final = answer.split(b">", 1)[1].split(b"<", 1)[0]
+            client.set_server_final(base64.b64decode(server_final).decode())  # checks the server's proof
+        return answer
+
+
+def test_scram_plus_with_channel_binding(xmppd, account):
+    jid, password = account()
+    username = jid.split("@")[0]
+    assert b"<success" in _scram_plus_over_direct_tls(xmppd, username, password)
+    # The same exchange bound to another certificate (a man in the middle) fails.
+    refused = _scram_plus_over_direct_tls(xmppd, username, password, binding_data=b"\x00" * 32)
+    assert b"<not-authorized/>" in refused
+    assert f"authenticated as {jid} (SCRAM-SHA-256-PLUS)" in xmppd.log()

@@ -155,6 +155,8 @@ class C2SConnection(protocol.Protocol):
         # the account exists or not.
         delay = self.factory.throttle.delay(self.host, action.username)
         if delay > 0:
+            log.info("c2s %s login attempt for %r held %.1f s after repeated failures", self.address,
+                     action.username, delay)
             await asyncio.sleep(delay)
         stored = None
         if action.username is not None:
