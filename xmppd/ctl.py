@@ -89,25 +89,28 @@ def _with_storage(config, work):
 
 
 def adduser(config, args) -> int:
-    from .sasl import derive_credentials
-
-    username = _username(config, args.jid)
-    credentials = derive_credentials(_read_password(), config.auth.scram_iterations)
-    if not _with_storage(config, lambda storage: storage.create_user(username, credentials)):
-        raise UserError(f"{username}@{config.server.domain} exists already (use passwd)")
+    username = _store_new_password(config, args.jid, "create_user")
     print(f"created {username}@{config.server.domain}")
     return 0
 
 
 def passwd(config, args) -> int:
-    from .sasl import derive_credentials
-
-    username = _username(config, args.jid)
-    credentials = derive_credentials(_read_password(), config.auth.scram_iterations)
-    if not _with_storage(config, lambda storage: storage.set_credentials(username, credentials)):
-        raise UserError(f"no account {username}@{config.server.domain}")
+    username = _store_new_password(config, args.jid, "set_credentials")
     print(f"password of {username}@{config.server.domain} changed")
     return 0
+
+
+def _store_new_password(config, jid: str, operation: str) -> str:
+    """Read a password, derive its SCRAM keys once, and create the account or replace its keys."""
+    from .sasl import derive_credentials
+
+    username = _username(config, jid)
+    credentials = derive_credentials(_read_password(), config.auth.scram_iterations)
+    if not _with_storage(config, lambda storage: getattr(storage, operation)(username, credentials)):
+        if operation == "create_user":
+            raise UserError(f"{username}@{config.server.domain} exists already (use passwd)")
+        raise UserError(f"no account {username}@{config.server.domain}")
+    return username
 
 
 def deluser(config, args) -> int:
