@@ -4,10 +4,12 @@ The state is the user's view of one contact (RFC 6121 A.1: nine defined states, 
 pre-approval flag of §3.4). outbound() is the user's own subscription stanza on its way
 out; inbound() is the contact's stanza arriving for the user. Both return the new state
 and what the caller must do: route/deliver the stanza, push the roster, auto-reply.
+Order (RFC 6121 §3.1.2, §3.1.5, §3.3.2: route, then push; §3.1.6, §3.2.3, §3.3.3: an
+inbound stanza MUST be delivered before the roster push).
 Side effects the caller derives from the state change itself, not from a flag here:
 when 'from' is lost (outbound 'unsubscribed', inbound 'unsubscribe') the user's
-resources send 'unavailable' to the contact (§3.2.2, §3.3.3); when it is gained they
-send their current presence (§3.1.5).
+resources send 'unavailable' to the contact (§3.2.2: before the 'unsubscribed' is
+routed; §3.3.3); when it is gained they send their current presence (§3.1.5).
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ class Outcome:
     state: SubState
     route: bool  # outbound: forward the stanza to the contact; inbound: deliver it to the user
     roster_push: bool  # the state visible in the roster changed -> push to interested resources
-    auto_reply: str | None = None  # inbound only: presence type the server answers by itself
+    # inbound only: presence type the server sends back to the contact on the user's behalf,
+    # from the user's bare JID ("subscribed": RFC 6121 §3.1.3, §3.4.2; "unsubscribed": A.3.2)
+    auto_reply: str | None = None
 
 
 def _with(state: SubState, *, to: bool, from_: bool, **flags: bool) -> SubState:
@@ -63,25 +67,29 @@ def outbound(state: SubState, kind: str) -> Outcome:
     """The user sends a subscription stanza of this kind to the contact (RFC 6121 A.2)."""
     s = state
     if kind == "subscribe":
-        # A.2.1: always routed (the contact's server may have lost its state); ask only
-        # while the user is not yet subscribed.
+        # RFC 6121 A.2.1 (Table 2), §3.1.2: routed from every state; "Pending Out" (ask) is
+        # added unless the user already has 'to'.
         new = s if s.to else replace(s, pending_out=True)
         return _outcome(s, new, True)
     if kind == "unsubscribe":
-        # A.2.2: always routed; drops 'to' and any pending request.
+        # RFC 6121 A.2.2 (Table 3), §3.3.2: routed from every state; drops 'to' and
+        # "Pending Out", keeps "Pending In".
         return _outcome(s, _with(s, to=False, from_=s.from_, pending_out=False), True)
     if kind == "subscribed":
-        if s.from_:  # A.2.3 / §3.4 item 1: already approved, silently ignored
+        # RFC 6121 A.2.3 (Table 4), §3.1.5, §3.4.2.
+        if s.from_:  # From, From + Pending Out, Both: MUST NOT route, no change (§3.4.2 item 1)
             return _outcome(s, s, False)
-        if s.pending_in:  # A.2.3: approval of the contact's request
+        if s.pending_in:  # *+ Pending In: approval, MUST route (§3.4.2 item 2)
             return _outcome(s, _with(s, to=s.to, from_=True, pending_in=False, approved=False), True)
-        # §3.4: no request to answer -> pre-approval, noted and not routed
+        # None, None + Pending Out, To: pre-approval, noted and pushed, MUST NOT route (§3.4.2 item 3)
         return _outcome(s, replace(s, approved=True), False)
     if kind == "unsubscribed":
-        if s.from_ or s.pending_in:  # A.2.4: cancel the subscription or deny the request
+        # RFC 6121 A.2.4 (Table 5), §3.2.2.
+        if s.from_ or s.pending_in:  # cancel the subscription or deny the request: MUST route
             new = _with(s, to=s.to, from_=False, pending_in=False, approved=False)
             return _outcome(s, new, True)
-        # §3.2.2 / §3.4: nothing to cancel except possibly a pre-approval; not routed
+        # None, None + Pending Out, To: SHOULD NOT route; only a pre-approval is removed
+        # (Table 5 note [1], §3.2.2 item 2, §3.4.2)
         return _outcome(s, replace(s, approved=False), False)
     raise ValueError(f"not a subscription stanza type: {kind!r}")
 
@@ -90,25 +98,37 @@ def inbound(state: SubState, kind: str) -> Outcome:
     """The contact's subscription stanza of this kind arrives for the user (RFC 6121 A.3)."""
     s = state
     if kind == "subscribe":
-        if s.from_:  # A.3.1 footnote, §3.1.3: already subscribed -> answer for the user
+        # RFC 6121 A.3.1 (Table 6), §3.1.3, §3.4.2.
+        # From, From + Pending Out, Both: SHOULD NOT deliver; auto-reply (note [2], §3.1.3 item 2)
+        if s.from_:
             return _outcome(s, s, False, "subscribed")
-        if s.approved:  # §3.4: pre-approved -> approve for the user, do not deliver
+        if s.approved:  # pre-approved (note [1], §3.4.2): MUST NOT deliver, answer for the user;
+            # the pre-approval is used up (allowed by the §3.4.2 implementation note)
             new = _with(s, to=s.to, from_=True, pending_in=False, approved=False)
             return _outcome(s, new, False, "subscribed")
-        if s.pending_in:  # A.3.1: duplicate request, already stored
+        if s.pending_in:  # *+ Pending In: SHOULD NOT deliver, no change (request already stored)
             return _outcome(s, s, False)
-        return _outcome(s, replace(s, pending_in=True), True)
-    if kind == "subscribed":
-        if s.pending_out and not s.to:  # A.3.2: the contact approved our request
-            return _outcome(s, _with(s, to=True, from_=s.from_, pending_out=False), True)
-        return _outcome(s, s, False)  # A.3.2: unsolicited approval, ignored
+        return _outcome(s, replace(s, pending_in=True), True)  # MUST deliver, add "Pending In"
     if kind == "unsubscribe":
-        if s.from_ or s.pending_in:  # A.3.3: contact stops its subscription or its request
-            new = _with(s, to=s.to, from_=False, pending_in=False, approved=False)
-            return _outcome(s, new, True)
+        # RFC 6121 A.3.2 (Table 7), §3.3.3: if the state changes (the contact drops its
+        # subscription or withdraws its request) MUST deliver and SHOULD auto-reply
+        # "unsubscribed" (note [1]); otherwise no change and SHOULD NOT deliver. The user's own
+        # pre-approval stays: only the user's "unsubscribed" or roster removal ends it (§3.4.2).
+        if s.from_ or s.pending_in:
+            new = _with(s, to=s.to, from_=False, pending_in=False)
+            return _outcome(s, new, True, "unsubscribed")
+        return _outcome(s, s, False)
+    if kind == "subscribed":
+        # RFC 6121 A.3.3 (Table 8), §3.1.6: only with "Pending Out" (None + Pending Out,
+        # None + Pending Out+In, From + Pending Out) MUST change and deliver; otherwise
+        # silently ignored (no change, not delivered, no push).
+        if s.pending_out and not s.to:
+            return _outcome(s, _with(s, to=True, from_=s.from_, pending_out=False), True)
         return _outcome(s, s, False)
     if kind == "unsubscribed":
-        if s.to or s.pending_out:  # A.3.4: contact cancels our subscription or denies our request
+        # RFC 6121 A.3.4 (Table 9), §3.2.3: with 'to' or "Pending Out" the contact cancels our
+        # subscription or denies our request: MUST change and deliver; otherwise SHOULD NOT deliver.
+        if s.to or s.pending_out:
             return _outcome(s, _with(s, to=False, from_=s.from_, pending_out=False), True)
         return _outcome(s, s, False)
     raise ValueError(f"not a subscription stanza type: {kind!r}")
