@@ -192,33 +192,29 @@ class Presence:
         # A subscribe adds the contact to the roster (RFC 6121 §3.1.2); pre-approval needs it there too.
         item, version = await self._store_state(username, contact_text, item, before, outcome.state,
                                                 create=kind in ("subscribe", "subscribed"))
+        if outcome.route:
+            if kind == "unsubscribed":
+                # §3.2.2: the former subscriber learns the user is gone while still subscribed, i.e. first.
+                for own in self.server.available_sessions(session.bare):
+                    gone = make("presence", {"type": "unavailable", "from": own.full, "to": contact_text})
+                    await settle(self.server.router.route(gone, contact, own))
+            # §3.1.2: subscription stanzas leave with the user's bare JID; routed before the roster push.
+            stanza.set("from", session.bare)
+            stanza.set("to", contact_text)
+            await settle(self.server.router.route(stanza, contact, session))
+            if kind == "subscribed":
+                # §3.1.5: the new subscriber gets the user's current presence at once.
+                for own in self.server.available_sessions(session.bare):
+                    self._route(_addressed(own.presence, contact_text), contact, own)
         if outcome.roster_push and item is not None and version is not None:
             self._roster_push(username, item, version)
-        if not outcome.route:
-            return
-        # RFC 6121 §3.1.2: subscription stanzas leave with the user's bare JID.
-        stanza.set("from", session.bare)
-        stanza.set("to", contact_text)
-        await settle(self.server.router.route(stanza, contact, session))
-        if kind == "subscribed":
-            # §3.1.5: the new subscriber gets the user's current presence at once.
-            for own in self.server.available_sessions(session.bare):
-                self._route(_addressed(own.presence, contact_text), contact, own)
-        elif kind == "unsubscribed":
-            # §3.2.2: and a former subscriber learns the user is gone.
-            for own in self.server.available_sessions(session.bare):
-                gone = make("presence", {"type": "unavailable", "from": own.full, "to": contact_text})
-                self._route(gone, contact, own)
 
     async def _inbound_subscription(self, stanza: etree._Element, kind: str, user: JID) -> None:
         username = user.local
         sender = _jid(stanza.get("from")).bare
         sender_text = str(sender)
         if not await self._storage.user_exists(username):
-            if kind == "subscribe":
-                # RFC 6121 §3.1.3: a request to an account that does not exist is answered "unsubscribed".
-                self._auto_reply(user, sender, "unsubscribed")
-            return
+            return  # RFC 6121 §8.5.1: subscription stanzas to an account that does not exist are ignored
         item, before = await self._state(username, sender_text)
         outcome = subscription.inbound(before, kind)
         stanza.set("from", sender_text)
@@ -226,14 +222,17 @@ class Presence:
         if kind == "subscribe" and outcome.state.pending_in and not before.pending_in:
             await self._storage.add_pending_subscription(username, sender_text, serialize(stanza).decode())
         item, version = await self._store_state(username, sender_text, item, before, outcome.state, create=False)
+        if outcome.route:
+            # §3.1.3: a request goes to the available resources; answers (§3.1.6, §3.2.3, §3.3.3) go to the
+            # interested ones, and before the roster push that reflects them.
+            data = serialize(stanza)
+            for target in self.server.sessions_of(str(user)).values():
+                if target.available if kind == "subscribe" else target.roster_requested:
+                    target.deliver_bytes(data)
         if outcome.roster_push and item is not None and version is not None:
             self._roster_push(username, item, version)
         if outcome.auto_reply:
             self._auto_reply(user, sender, outcome.auto_reply)
-        if outcome.route:
-            data = serialize(stanza)
-            for target in self.server.available_sessions(str(user)):
-                target.deliver_bytes(data)
         if kind == "unsubscribe" and before.subscription in ("from", "both"):
             # §3.3.3: the former subscriber gets our unavailable presence.
             for own in self.server.available_sessions(str(user)):
