@@ -235,7 +235,7 @@ def test_bad_resource_gets_bad_request():
 
 
 @pytest.mark.parametrize("claimed, accepted", [
-    (None, True), ("alice@localhost/r1", True), ("alice@localhost", True),
+    (None, True), ("alice@localhost/r1", True), ("alice@localhost", True), ("Alice@LOCALHOST/r1", True),
     ("bob@localhost/x", False), ("alice@localhost/other", False), ("localhost", False),
 ])
 def test_from_is_stamped_or_the_stream_ends(claimed, accepted):
@@ -255,11 +255,19 @@ def test_unknown_elements_after_bind():
     assert stream_error(machine.receive(b"<weird/>")) == "unsupported-stanza-type"
 
 
-def test_legacy_session_iq_is_answered():
+def test_legacy_session_iq_goes_through_the_stanza_queue():
+    """Answered by the server like any iq, so it cannot overtake stanzas sent before it."""
     machine = bound()
-    reply = etree.fromstring(sent(machine.receive(
-        b"<iq type='set' id='s1'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>")))
-    assert reply.get("type") == "result" and reply.get("id") == "s1"
+    actions = machine.receive(b"<iq type='set' id='s1'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>")
+    assert of_type(actions, m.StanzaIn) and not sent(actions)
+
+
+def test_registration_waits_for_its_answer():
+    machine = negotiated(register_before_auth=True)
+    actions = machine.receive(b"<iq type='set' id='r1'><query xmlns='jabber:iq:register'/></iq>" + plain("a", "b"))
+    assert of_type(actions, m.PreAuthIq) and not of_type(actions, m.LookupCredentials)
+    assert machine.waiting
+    assert of_type(machine.pre_auth_answered(), m.LookupCredentials)
 
 
 def test_registration_iq_before_auth_only_when_enabled():

@@ -91,6 +91,8 @@ BAD = [
     ("c2s", "connection_timeout", "0", "must be a number greater than 0 (seconds)"),
     ("c2s", "ping_interval", "-1.5", "must be a number greater than 0 (seconds)"),
     ("c2s", "ping_timeout", "inf", "must be a number greater than 0 (seconds)"),
+    ("c2s", "max_unauthenticated_per_address", "0", "must be an integer from 1 to 100000"),
+    ("c2s", "max_resources_per_account", "10001", "must be an integer from 1 to 10000"),
     ("auth", "mechanisms", "[]",
      'must be a non-empty list of distinct names from "SCRAM-SHA-256", '
      '"SCRAM-SHA-1", "PLAIN"'),
@@ -238,7 +240,8 @@ def test_unknown_key_lists_allowed_keys(base):
     assert refusal(base, c2s={"prot": "5222"}) == [
         "test.toml: [c2s] prot = 5222: unknown key (did you mean port?); allowed keys in "
         "[c2s]: interfaces, port, direct_tls_port, require_encryption, max_stanza_size, "
-        "connection_timeout, ping_interval, ping_timeout"]
+        "connection_timeout, ping_interval, ping_timeout, max_unauthenticated_per_address, "
+        "max_resources_per_account"]
 
 
 def test_unknown_key_without_a_close_match(base):
@@ -285,7 +288,8 @@ def test_all_problems_are_reported_at_once(base):
         'must be a DNS domain name such as "example.org" (internationalized names allowed)',
         "conf/xmppd.toml: [c2s] prot = 1: unknown key (did you mean port?); allowed keys "
         "in [c2s]: interfaces, port, direct_tls_port, require_encryption, max_stanza_size, "
-        "connection_timeout, ping_interval, ping_timeout",
+        "connection_timeout, ping_interval, ping_timeout, max_unauthenticated_per_address, "
+        "max_resources_per_account",
         "conf/xmppd.toml: [c2s] port = 70000: must be an integer from 0 to 65535 "
         "(0 disables the listener)",
         "conf/xmppd.toml: [auth] scram_iterations = 1: must be an integer from 4096 to "

@@ -19,14 +19,35 @@ async def settle(result: Any) -> None:
         await result
 
 
-def run_soon(pending: Awaitable | None, what: str) -> None:
+# Tasks running in the background. Holding them here keeps them from being garbage-collected mid-run
+# (asyncio keeps only weak references) and lets shutdown wait for them.
+_background: set[asyncio.Future] = set()
+
+
+def run_soon(pending: Awaitable | None, what: str) -> asyncio.Future | None:
     """Let an awaitable finish in the background; a failure is logged with `what` it was doing."""
     if pending is None:
-        return
+        return None
     task = asyncio.ensure_future(pending)
+    _background.add(task)
 
     def done(finished: asyncio.Future) -> None:
+        _background.discard(finished)
         if not finished.cancelled() and finished.exception() is not None:
             log.error("%s failed", what, exc_info=finished.exception())
 
     task.add_done_callback(done)
+    return task
+
+
+async def drain(timeout: float) -> int:
+    """Wait up to `timeout` seconds for background work (including work it starts); cancel what is left.
+    Returns how many tasks had to be cancelled."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while _background and loop.time() < deadline:
+        await asyncio.wait(set(_background), timeout=deadline - loop.time())
+    left = list(_background)
+    for task in left:
+        task.cancel()
+    return len(left)

@@ -14,7 +14,8 @@ import secrets
 from typing import TYPE_CHECKING
 
 from twisted.internet import protocol
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from zope.interface import implementer
 
 from . import c2s_machine as m
 from .aio import run_soon
@@ -29,6 +30,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("xmppd.c2s")
 
 NS_PING = "urn:xmpp:ping"
+
+# A client that does not read what we send: once the socket's send buffer is full we stop reading from
+# it, and drop it if it stays stuck this long or if this much more piles up for it meanwhile.
+WRITE_STALL_TIMEOUT = 60.0
+MAX_UNSENT_BYTES = 4 * 1024 * 1024
+# After our closing tag, how long a peer gets to read it and hang up before the socket is cut.
+CLOSE_GRACE = 5.0
 
 
 class C2SFactory(protocol.ServerFactory):
@@ -48,24 +56,47 @@ class C2SFactory(protocol.ServerFactory):
         self.connection_timeout = c2s.connection_timeout
         self.ping_interval = c2s.ping_interval
         self.ping_timeout = c2s.ping_timeout
+        self.max_unauthenticated = c2s.max_unauthenticated_per_address
         self.connections: set[C2SConnection] = set()
+        self.unauthenticated: dict[str, int] = {}   # address -> connections not yet bound
 
-    def buildProtocol(self, addr) -> "C2SConnection":
+    def buildProtocol(self, addr) -> "C2SConnection | None":
+        if self.unauthenticated.get(addr.host, 0) >= self.max_unauthenticated:
+            log.warning("c2s %s refused: %d connections from this address have not logged in yet",
+                        addr.host, self.max_unauthenticated)
+            return None
         connection = C2SConnection(self)
         connection.factory = self
         return connection
 
+    def count_unauthenticated(self, host: str, change: int) -> None:
+        count = self.unauthenticated.get(host, 0) + change
+        if count > 0:
+            self.unauthenticated[host] = count
+        else:
+            self.unauthenticated.pop(host, None)
 
+
+@implementer(IPushProducer)
 class C2SConnection(protocol.Protocol):
+    """One client socket. It is also the producer of what is written to it, so that Twisted tells it
+    when the client stops reading (pauseProducing) and it can stop reading in turn."""
+
     def __init__(self, factory: C2SFactory) -> None:
         self.factory = factory
         self.address = "?"
+        self.host = "?"
         self.machine: m.C2SMachine | None = None
         self.session: "Session | None" = None
         self._timer = None            # connection timeout before bind, idle timer after
         self._ping_outstanding = False
         self._closing = False
-        self._paused = False
+        self._counted = False         # in the factory's count of connections not yet bound
+        self._read_blockers: set[str] = set()
+        self._write_blocked = False
+        self._unsent = 0              # bytes written while the client was not reading
+        self._stall_timer = None
+        self._abort_timer = None
 
     # ------------------------------------------------------------ Twisted events
     def connectionMade(self) -> None:
@@ -76,6 +107,9 @@ class C2SConnection(protocol.Protocol):
         self.machine = m.C2SMachine(self.factory.settings, tls_active=tls_active,
                                     channel_bindings=self._channel_bindings)
         self.factory.connections.add(self)
+        self.factory.count_unauthenticated(self.host, +1)
+        self._counted = True
+        self.transport.registerProducer(self, True)
         self._timer = self.factory.clock.callLater(self.factory.connection_timeout, self._timed_out,
                                                    "did not log in in time")
         log.info("c2s %s connected%s", self.address, " (direct TLS)" if tls_active else "")
@@ -89,10 +123,17 @@ class C2SConnection(protocol.Protocol):
             # A bug must cost this one connection, never the server.
             log.exception("c2s %s: internal error", self.address)
             self._run(self.machine.close("internal-server-error", reason="internal error"))
+        self._wait_for_machine()
 
     def connectionLost(self, reason=None) -> None:
+        self._closing = True
+        self.machine.connection_lost()
         self.factory.connections.discard(self)
+        self._uncount()
         self._cancel_timer()
+        for timer in (self._stall_timer, self._abort_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
         why = reason.getErrorMessage() if reason is not None else "closed"
         if self.session is not None:
             self.factory.server.unbind(self.session)
@@ -102,21 +143,60 @@ class C2SConnection(protocol.Protocol):
 
     # ------------------------------------------------------------ what the session needs (session.Connection)
     def write(self, data: bytes) -> None:
-        if not self._closing:
-            self.transport.write(data)
+        if self._closing:
+            return
+        if self._write_blocked:
+            self._unsent += len(data)
+            if self._unsent > MAX_UNSENT_BYTES:
+                self._abort(f"stopped reading ({self._unsent} bytes waiting)")
+                return
+        self.transport.write(data)
 
     def close_stream(self, condition: str | None = None, text: str | None = None, reason: str = "") -> None:
         self._run(self.machine.close(condition, text, reason=reason or "closed by server"))
 
     def pause_reading(self) -> None:
-        if not self._paused:
-            self._paused = True
-            self.transport.pauseProducing()
+        self._block_reading("session", True)
 
     def resume_reading(self) -> None:
-        if self._paused:
-            self._paused = False
+        self._block_reading("session", False)
+
+    # ------------------------------------------------------------ IPushProducer: the client's reading
+    def pauseProducing(self) -> None:
+        """The socket's send buffer is full: the client is not reading what we send."""
+        self._write_blocked = True
+        self._block_reading("writes", True)
+        if self._stall_timer is None or not self._stall_timer.active():
+            self._stall_timer = self.factory.clock.callLater(
+                WRITE_STALL_TIMEOUT, self._abort, f"read nothing for {WRITE_STALL_TIMEOUT:.0f} s")
+
+    def resumeProducing(self) -> None:
+        self._write_blocked = False
+        self._unsent = 0
+        if self._stall_timer is not None and self._stall_timer.active():
+            self._stall_timer.cancel()
+        self._block_reading("writes", False)
+
+    def stopProducing(self) -> None:
+        """The transport is going away; connectionLost does the clean-up."""
+
+    def _block_reading(self, reason: str, blocked: bool) -> None:
+        """Reading stops while any reason holds: a slow handler, a client that does not read, or the
+        machine waiting for an answer (credentials, bind)."""
+        was_blocked = bool(self._read_blockers)
+        if blocked:
+            self._read_blockers.add(reason)
+        else:
+            self._read_blockers.discard(reason)
+        if self._closing or was_blocked == bool(self._read_blockers):
+            return
+        if self._read_blockers:
+            self.transport.pauseProducing()
+        else:
             self.transport.resumeProducing()
+
+    def _wait_for_machine(self) -> None:
+        self._block_reading("machine", self.machine.waiting)
 
     # ------------------------------------------------------------ carrying out actions
     def _run(self, actions: list[m.Action]) -> None:
@@ -144,9 +224,7 @@ class C2SConnection(protocol.Protocol):
                 self._run(self.machine.close("unsupported-stanza-type",
                                              f"{action.element.tag} is not supported"))
             elif isinstance(action, m.PreAuthIq):
-                handler = self.factory.server.modules.get("register")
-                run_soon(handler.before_auth(self, action.element) if handler else None,
-                         f"registration from {self.address}")
+                run_soon(self._pre_auth(action.element), f"registration from {self.address}")
             elif isinstance(action, m.Closed):
                 self._close(action)
 
@@ -161,15 +239,40 @@ class C2SConnection(protocol.Protocol):
         stored = None
         if action.username is not None:
             stored = await self.factory.server.storage.get_credentials(action.username, action.mechanism)
-        if self.machine.phase is not m.Phase.CLOSED and self.transport is not None and not self._closing:
+        if not self._closing:
             self._run(self.machine.credentials(stored))
+            self._wait_for_machine()
+
+    async def _pre_auth(self, iq) -> None:
+        """XEP-0077 registration before login; the stream waits until it is answered."""
+        try:
+            await self.factory.server.modules["register"].before_auth(self, iq)
+        finally:
+            if not self._closing:
+                self._run(self.machine.pre_auth_answered())
+                self._wait_for_machine()
 
     def _bind(self, resource: str | None) -> None:
-        self.session = self.factory.server.bind(self, self.machine.username, resource)
+        server = self.factory.server
+        if len(server.sessions_of(f"{self.machine.username}@{server.domain}")) >= server.max_resources \
+                and server.session_of(self.machine.username, resource) is None:
+            # RFC 6120 §7.6.2.1: a limit on simultaneous sessions for one account.
+            log.warning("c2s %s refused a bind for %s: %d sessions already", self.address,
+                        self.machine.username, server.max_resources)
+            self._run(self.machine.bind_failed("resource-constraint", "too many sessions for this account"))
+            return
+        self.session = server.bind(self, self.machine.username, resource)
+        self._uncount()
         log.info("c2s %s bound %s", self.address, self.session.full)
         self._cancel_timer()   # the log-in deadline is met; from now on the idle timer runs
         self._note_activity()
         self._run(self.machine.bound(self.session.full))
+        self._wait_for_machine()
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.factory.count_unauthenticated(self.host, -1)
 
     def _close(self, action: m.Closed) -> None:
         self._closing = True
@@ -179,6 +282,21 @@ class C2SConnection(protocol.Protocol):
             self.factory.server.unbind(self.session)
         self._cancel_timer()
         self.transport.loseConnection()
+        # loseConnection waits until everything is written; a peer that never reads would keep the socket.
+        self._abort_timer = self.factory.clock.callLater(CLOSE_GRACE, self.transport.abortConnection)
+
+    def _abort(self, why: str) -> None:
+        """Cut a client that stopped reading: no stream error, it would not read it anyway."""
+        if self._closing:
+            return
+        who = self.session.full if self.session is not None else "-"
+        log.warning("c2s %s %s dropped: %s", self.address, who, why)
+        self._closing = True
+        self.machine.connection_lost()
+        if self.session is not None:
+            self.factory.server.unbind(self.session)
+        self._cancel_timer()
+        self.transport.abortConnection()
 
     # ------------------------------------------------------------ TLS
     def _channel_bindings(self) -> dict[str, bytes]:
@@ -203,7 +321,7 @@ class C2SConnection(protocol.Protocol):
         ping = make("iq", {"type": "get", "id": "ping-" + secrets.token_hex(4), "from": self.factory.server.domain,
                            "to": self.session.full if self.session else None})
         ping.append(ping.makeelement(qname(NS_PING, "ping"), nsmap={None: NS_PING}))
-        self.transport.write(serialize(ping))
+        self.write(serialize(ping))
         self._ping_outstanding = True
         self._timer = self.factory.clock.callLater(self.factory.ping_timeout, self._idle)
 

@@ -21,8 +21,8 @@ from typing import Callable, Iterable
 from lxml import etree
 
 from . import sasl
-from .jid import InvalidJID, normalize_localpart, normalize_resource
-from .stanza import IQ, NS_CLIENT, STANZA_TAGS, error_reply, iq_result, make, qname, serialize
+from .jid import JID, InvalidJID, normalize_localpart, normalize_resource
+from .stanza import IQ, NS_CLIENT, STANZA_TAGS, error_reply, iq_result, qname, serialize
 from .storage.models import ScramCredentials
 from .xmlstream import (
     NS_STREAMS,
@@ -166,6 +166,12 @@ class C2SMachine:
         self._pending: deque = deque()        # parser events held while waiting
         self._bind_iq: etree._Element | None = None
 
+    @property
+    def waiting(self) -> bool:
+        """An action is out whose answer the machine needs: the transport should stop reading meanwhile,
+        so that input held back here stays small."""
+        return self._waiting
+
     # ------------------------------------------------------------ inputs
     def receive(self, data: bytes) -> list[Action]:
         """Bytes from the transport."""
@@ -208,6 +214,16 @@ class C2SMachine:
         self._bind_iq = None
         self._waiting = False
         return [Send(serialize(error_reply(iq, condition, text)))] + self._drain()
+
+    def pre_auth_answered(self) -> list[Action]:
+        """The answer to PreAuthIq was written; go on with what the client sent after it."""
+        self._waiting = False
+        return self._drain()
+
+    def connection_lost(self) -> None:
+        """The transport is gone: nothing more may be sent or acted on."""
+        self.phase = Phase.CLOSED
+        self._pending.clear()
 
     def close(self, condition: str | None = None, text: str | None = None,
               reason: str = "closed by server") -> list[Action]:
@@ -252,8 +268,7 @@ class C2SMachine:
             self._offer_pre_auth_features(features)
         else:
             self.phase = Phase.AUTHENTICATED
-            bind = etree.SubElement(features, qname(NS_BIND, "bind"), nsmap={None: NS_BIND})
-            del bind  # an empty <bind/> is the offer
+            etree.SubElement(features, qname(NS_BIND, "bind"), nsmap={None: NS_BIND})  # empty: the offer
             session = etree.SubElement(features, qname(NS_SESSION, "session"), nsmap={None: NS_SESSION})
             etree.SubElement(session, qname(NS_SESSION, "optional"))
             for extra in self.settings.bound_features():
@@ -410,6 +425,7 @@ class C2SMachine:
         if (self.phase is Phase.NEGOTIATING and self.settings.register_before_auth
                 and (self.tls_active or not self.settings.require_encryption)
                 and payload_tag == qname(NS_REGISTER, "query")):
+            self._waiting = True
             return [PreAuthIq(iq)]
         return self._stream_error("not-authorized", "authenticate and bind a resource first")
 
@@ -429,15 +445,18 @@ class C2SMachine:
         if element.tag not in STANZA_TAGS:
             return self._stream_error("unsupported-stanza-type", f"<{etree.QName(element).localname}/>")
         claimed = element.get("from")
-        if claimed is not None and claimed != self.jid and claimed != self.bare:
+        if claimed is not None and claimed != self.jid and not self._is_own_address(claimed):
             return self._stream_error("invalid-from", f"you are {self.jid}")
         element.set("from", self.jid)
-        if element.tag == IQ and len(element) == 1 and element[0].tag == qname(NS_SESSION, "session"):
-            # RFC 3921 session establishment: a no-op kept for old clients.
-            reply = iq_result(element)
-            reply.attrib.pop("to", None)
-            return [Send(serialize(reply))]
         return [StanzaIn(element)]
+
+    def _is_own_address(self, claimed: str) -> bool:
+        """RFC 6120 §8.1.2.1: the bare or full JID of this session, compared after normalization."""
+        try:
+            address = str(JID.parse(claimed))
+        except InvalidJID:
+            return False
+        return address == self.jid or address == self.bare
 
     # ------------------------------------------------------------ helpers
     def _stream_error(self, condition: str, text: str | None = None, reason: str | None = None) -> list[Action]:

@@ -431,6 +431,12 @@ class C2SConfig:
     ping_timeout: float = _option(
         60.0, Number(0, low_excluded=True, note=_SECONDS),
         "Time to wait for the answer to a ping (or any data) before dropping the connection.")
+    max_unauthenticated_per_address: int = _option(
+        32, Int(1, 100000),
+        "Connections from one IP address that may be open before logging in; more are refused.")
+    max_resources_per_account: int = _option(
+        50, Int(1, 10000),
+        "Sessions one account may have at once; another bind gets <resource-constraint/>.")
 
 
 @dataclass(frozen=True)

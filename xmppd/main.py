@@ -80,7 +80,7 @@ def run(config: Config) -> int:
 
     def begin() -> None:
         task = asyncio.ensure_future(state.start(reactor))
-        task.add_done_callback(lambda t: failed(t.exception()) if t.exception() else None)
+        task.add_done_callback(lambda t: failed(t.exception()) if not t.cancelled() and t.exception() else None)
 
     reactor.callWhenRunning(begin)
     reactor.addSystemEventTrigger("before", "shutdown", lambda: _as_deferred(state.stop()))
@@ -102,6 +102,7 @@ class Running:
     server: object = None
     ports: list = field(default_factory=list)
     factories: list = field(default_factory=list)
+    stopping: bool = False
 
     async def start(self, reactor) -> None:
         from .auth_throttle import AuthThrottle
@@ -114,6 +115,8 @@ class Running:
 
         config = self.config
         self.storage = await open_configured_storage(config)
+        if self.stopping:
+            return  # SIGTERM arrived while storage was opening; stop() takes it from here
         fake_secret = await self.storage.set_setting_if_absent(FAKE_SECRET_KEY, secrets.token_hex(32))
         server = self.server = Server(config, self.storage)
         server.load_modules(CORE_MODULES + tuple(m for m in OPTIONAL_MODULES if m in config.modules.enabled))
@@ -146,12 +149,25 @@ class Running:
                  config.storage.backend, ", ".join(listeners) or "nothing")
 
     async def stop(self) -> None:
-        """Stop listening, tell clients the server is going away, release storage."""
-        for port in self.ports:
-            port.stopListening()
+        """Stop listening, tell clients the server is going away, let work already accepted finish
+        (stanzas clients sent, presence it causes), and only then release storage."""
+        from twisted.internet.defer import maybeDeferred
+
+        from .aio import drain
+        from .c2s import CLOSE_GRACE
+
+        self.stopping = True
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(maybeDeferred(port.stopListening).asFuture(loop) for port in self.ports))
         for factory in self.factories:
             for connection in list(factory.connections):
                 connection.close_stream("system-shutdown", "the server is stopping", reason="server stopping")
+        deadline = loop.time() + CLOSE_GRACE + 1
+        while any(factory.connections for factory in self.factories) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        cancelled = await drain(timeout=10.0)
+        if cancelled:
+            log.warning("stopped %d tasks that did not finish in time", cancelled)
         if self.storage is not None:
             await self.storage.close()
         log.info("xmppd stopped")

@@ -16,10 +16,12 @@ from typing import Any, Awaitable, Callable, Iterable
 
 from lxml import etree
 
+from .aio import run_soon
 from .config import Config
 from .jid import JID
 from .router import Router
 from .session import Connection, Session
+from .stanza import iq_result, qname
 from .storage import Storage
 
 log = logging.getLogger("xmppd.server")
@@ -41,6 +43,7 @@ class Server:
         self.config = config
         self.storage = storage
         self.domain = config.server.domain
+        self.max_resources = config.c2s.max_resources_per_account
         self.sessions: dict[str, dict[str, Session]] = {}
         self.router = Router(self)
         self._iq_handlers: dict[tuple[str, str], IqHandler] = {}
@@ -49,6 +52,8 @@ class Server:
         self._hooks: dict[str, list[Callable]] = defaultdict(list)
         self._stream_features: list[Callable[[], etree._Element]] = []
         self.modules: dict[str, Any] = {}
+        # RFC 3921 session establishment, still sent by old clients: accepted and answered, a no-op.
+        self.add_iq_handler(qname(NS_SESSION, "session"), _legacy_session, scopes=(SCOPE_SERVER, SCOPE_ACCOUNT))
 
     # ------------------------------------------------------------ modules
     def load_modules(self, names: Iterable[str]) -> None:
@@ -99,7 +104,8 @@ class Server:
         self._hooks[event].append(callback)
 
     def fire(self, event: str, *args: Any) -> list[Awaitable]:
-        """Call every callback; return the awaitables of the async ones for the caller to await."""
+        """Call every callback; return the awaitables of the async ones for the caller to await
+        (or to hand to schedule(), as bind and unbind do)."""
         pending = []
         for callback in self._hooks[event]:
             try:
@@ -128,7 +134,7 @@ class Server:
             old.connection.close_stream("conflict", "replaced by a new connection", reason="resource conflict")
         session = Session(self, connection, username, resource)
         self.sessions.setdefault(bare, {})[resource] = session
-        self.fire("session-bound", session)
+        self.schedule(self.fire("session-bound", session), f"session-bound hooks for {session.full}")
         return session
 
     def unbind(self, session: Session) -> None:
@@ -141,7 +147,12 @@ class Server:
             del resources[session.resource]
             if not resources:
                 del self.sessions[session.bare]
-        self.fire("session-ended", session)
+        self.schedule(self.fire("session-ended", session), f"session-ended hooks for {session.full}")
+
+    @staticmethod
+    def schedule(pending: list[Awaitable], what: str) -> None:
+        for awaitable in pending:
+            run_soon(awaitable, what)
 
     def sessions_of(self, bare: str) -> dict[str, Session]:
         return self.sessions.get(bare, {})
@@ -149,8 +160,18 @@ class Server:
     def session(self, full: JID) -> Session | None:
         return self.sessions.get(str(full.bare), {}).get(full.resource)
 
+    def session_of(self, username: str, resource: str | None) -> Session | None:
+        return self.sessions.get(f"{username}@{self.domain}", {}).get(resource) if resource else None
+
     def available_sessions(self, bare: str) -> list[Session]:
         return [s for s in self.sessions.get(bare, {}).values() if s.available]
 
     def is_local(self, jid: JID) -> bool:
         return jid.domain == self.domain
+
+
+NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
+
+
+def _legacy_session(iq: etree._Element, origin: Session | None, to: JID) -> etree._Element:
+    return iq_result(iq)

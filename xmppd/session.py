@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from lxml import etree
 
+from .aio import run_soon
 from .jid import JID
 from .stanza import serialize
 
@@ -91,10 +92,14 @@ class Session:
 
     def _run(self, element: etree._Element) -> None:
         while True:
-            pending = self.server.router.from_client(self, element)
+            try:
+                pending = self.server.router.from_client(self, element)
+            except Exception:
+                log.exception("routing a stanza from %s failed", self.full)
+                pending = self.server.router.bounce(element, "internal-server-error")
             if pending is not None:
                 self._busy = True
-                task = asyncio.ensure_future(pending)
+                task = run_soon(pending, f"handling a stanza from {self.full}")
                 task.add_done_callback(self._handler_done)
                 return
             if not self._inbox:
@@ -103,11 +108,10 @@ class Session:
 
     def _handler_done(self, task: "asyncio.Future") -> None:
         self._busy = False
-        if not task.cancelled() and task.exception() is not None:
-            log.error("handler for %s failed", self.full, exc_info=task.exception())
         if self._paused and len(self._inbox) < INBOX_PAUSE // 2:
             self._paused = False
             self.connection.resume_reading()
-        if self._inbox and not self.closed:
+        # Stanzas the client sent before it went away are still handled: they were accepted.
+        if self._inbox:
             self._run(self._inbox.popleft())
 
