@@ -282,6 +282,9 @@ def test_disco_ping_version(xmppd, account):
         own = await a.plugin["xep_0030"].get_info(jid=alice, timeout=5)
         assert ("account", "registered", None, None) in own["disco_info"]["identities"]
         await a.plugin["xep_0199"].ping(jid="localhost", timeout=5)
+        session = a.Iq(stype="set")
+        session.xml.append(session.xml.makeelement("{urn:ietf:params:xml:ns:xmpp-session}session", {}))
+        assert (await session.send(timeout=5))["type"] == "result"   # RFC 3921 leftover, still answered
         version = await a.plugin["xep_0092"].get_version("localhost", timeout=5)
         assert version["software_version"]["name"] == "xmppd"
         assert not version["software_version"]["os"]
