@@ -148,10 +148,15 @@ def test_roster_errors(xmppd, account):
         iq["roster"].set_items({bob: {"name": "B", "subscription": "both", "groups": []}})
         await iq.send(timeout=5)
         assert (await roster_item(a, bob))["subscription"] == "none"
-        # Someone else's roster is off limits.
-        other = a.Iq(stype="get", sto=bob)
-        other.enable("roster")
-        assert await iq_error_condition(other.send(timeout=5)) == "forbidden"
+        # Someone else's roster is off limits, and answered as for an account that does not exist (RFC 6121
+        # §8.5.1), so that the answer does not tell who has an account; a ping is answered only to the owner.
+        for to in (bob, "nobody-here@localhost"):
+            other = a.Iq(stype="get", sto=to)
+            other.enable("roster")
+            assert await iq_error_condition(other.send(timeout=5)) == "service-unavailable"
+            ping = a.Iq(stype="get", sto=to)
+            ping.enable("ping")
+            assert await iq_error_condition(ping.send(timeout=5)) == "service-unavailable"
         await a.close()
 
     run(scenario())
@@ -307,7 +312,7 @@ def test_vcard_set_and_get_by_another_user(xmppd, account):
         try:
             await b.plugin["xep_0054"].publish_vcard(vcard, jid=alice, timeout=5)
         except IqError as error:
-            assert error.iq["error"]["condition"] == "forbidden"
+            assert error.iq["error"]["condition"] == "service-unavailable"  # as for an account that does not exist
         else:
             raise AssertionError("Bob changed Alice's vCard")
         await a.close()

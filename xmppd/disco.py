@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from lxml import etree
 
 from .jid import JID
+from .router import require_owner
 from .server import SCOPE_ACCOUNT, SCOPE_SERVER
 from .stanza import StanzaError, iq_result, qname
 
@@ -40,8 +41,7 @@ class Disco:
     def info_account(self, iq: etree._Element, origin: "Session | None", to: JID) -> etree._Element:
         # XEP-0030 §4.3 / RFC 6121: an account answers only to itself and to its subscribers; others learn
         # nothing, not even whether it exists. Subscriber checks arrive with PEP; until then, owner only.
-        if origin is None or origin.bare_jid != to:
-            raise StanzaError("service-unavailable")
+        require_owner(origin, to)
         return self._info(iq, SCOPE_ACCOUNT)
 
     def _info(self, iq: etree._Element, scope: str) -> etree._Element:
@@ -61,8 +61,7 @@ class Disco:
     def items(self, iq: etree._Element, origin: "Session | None", to: JID) -> etree._Element:
         if iq.get("type") != "get":
             raise StanzaError("bad-request", "disco#items is read-only")
-        if to.local is not None and (origin is None or origin.bare_jid != to):
-            raise StanzaError("service-unavailable")
+        require_owner(origin, to)
         if iq[0].get("node"):
             raise StanzaError("item-not-found", "no such node")
         return iq_result(iq, etree.Element(qname(NS_ITEMS, "query"), nsmap={None: NS_ITEMS}))

@@ -1,7 +1,9 @@
 """XEP-0199: answer pings addressed to the server or to an account.
 
-The server's own pings to idle clients are sent by the connection (c2s.py),
-which drops a client that stays silent.
+A ping to an account is answered by the server on its behalf (RFC 6121
+§8.5.2.1.3), but only to the account's owner: a pong to anyone else would
+tell them that the account exists. The server's own pings to idle clients
+are sent by the connection (c2s.py), which drops a client that stays silent.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import TYPE_CHECKING
 from lxml import etree
 
 from .jid import JID
+from .router import require_owner
 from .server import SCOPE_ACCOUNT, SCOPE_SERVER
 from .stanza import StanzaError, iq_result, qname
 
@@ -22,6 +25,7 @@ NS_PING = "urn:xmpp:ping"
 
 
 def answer(iq: etree._Element, origin: "Session | None", to: JID) -> etree._Element:
+    require_owner(origin, to)
     if iq.get("type") != "get":
         raise StanzaError("bad-request", "a ping is an iq get")
     return iq_result(iq)

@@ -23,6 +23,7 @@ from lxml import etree
 from .aio import settle
 from .auth_throttle import address_key
 from .jid import JID, InvalidJID, normalize_localpart
+from .router import require_owner
 from .sasl import derive_credentials
 from .server import SCOPE_ACCOUNT, SCOPE_SERVER
 from .stanza import StanzaError, child, error_reply, iq_result, qname, serialize
@@ -148,9 +149,7 @@ class Register:
 
     # ------------------------------------------------------------ an authenticated user's own account
     async def handle_iq(self, iq: etree._Element, origin: "Session | None", to: JID) -> etree._Element | None:
-        if origin is None or (to.local is not None and to != origin.bare_jid):
-            # Nobody may see or touch another account's registration; answer as if there were no such account.
-            raise StanzaError("service-unavailable")
+        require_owner(origin, to)  # nobody may see or touch another account's registration
         query = iq[0]
         if iq.get("type") == "get":
             result = _query()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from lxml import etree
 
 from .jid import JID, InvalidJID
+from .router import require_owner
 from .server import SCOPE_ACCOUNT
 from .stanza import StanzaError, iq_result, make, qname
 from .storage.models import RosterItem
@@ -42,8 +43,7 @@ class Roster:
         server.add_stream_feature(lambda: etree.Element(qname(NS_PREAPPROVAL, "sub"), nsmap={None: NS_PREAPPROVAL}))
 
     async def handle_iq(self, iq: etree._Element, origin: "Session | None", to: JID):
-        if origin is None or to != origin.bare_jid:
-            raise StanzaError("forbidden", "a roster belongs to its owner")
+        require_owner(origin, to)
         if iq.get("type") == "get":
             return await self._get(iq, origin)
         return await self._set(iq, origin)
@@ -71,14 +71,8 @@ class Roster:
             raise StanzaError("jid-malformed", str(error)) from None
         contact_bare = str(contact)  # RFC 6121 keeps whatever the client names, usually a bare JID
         subscription = element.get("subscription")
-        storage = self.server.storage
         if subscription == "remove":
-            existing = await storage.get_roster_item(session.username, contact_bare)
-            if existing is None:
-                raise StanzaError("item-not-found", f"{contact_bare} is not in the roster")
-            await self.server.modules["presence"].cancel_both_ways(session, existing)
-            version = await storage.delete_roster_item(session.username, contact_bare)
-            self.push(session.username, removed_element(contact_bare), version)
+            await self._remove(session, contact)
             return iq_result(iq)
         if subscription not in (None, "none", "to", "from", "both") or element.get("ask") not in (None, "subscribe"):
             # Only the server changes subscription states (RFC 6121 §2.1.2.5); 'remove' is the one command.
@@ -91,17 +85,31 @@ class Roster:
             raise StanzaError("not-acceptable", "a group name must be 1 to 1024 bytes")
         if len(set(groups)) != len(groups) or len(groups) > MAX_GROUPS:
             raise StanzaError("bad-request", "duplicate or too many groups")
-        item = await storage.get_roster_item(session.username, contact_bare)
-        if item is None:
-            version, existing = await storage.get_roster(session.username)
-            if len(existing) >= MAX_ROSTER_SIZE:
-                raise StanzaError("not-allowed", f"a roster holds at most {MAX_ROSTER_SIZE} contacts")
-            item = RosterItem(jid=contact_bare)
-        item.name = name or None
-        item.groups = groups
-        version = await storage.set_roster_item(session.username, item)
-        self.push(session.username, item_element(item), version)
+        storage = self.server.storage
+        # The item also holds the subscription state, which presence.py may be changing at this moment.
+        async with self.server.modules["presence"].hold(session.username):
+            item = await storage.get_roster_item(session.username, contact_bare)
+            if item is None:
+                await check_room(storage, session.username)
+                item = RosterItem(jid=contact_bare)
+            item.name = name or None
+            item.groups = groups
+            version = await storage.set_roster_item(session.username, item)
+            self.push(session.username, item_element(item), version)
         return iq_result(iq)
+
+    async def _remove(self, session: "Session", contact: JID) -> None:
+        """RFC 6121 §2.5: the subscriptions end both ways, then the item goes."""
+        storage = self.server.storage
+        presence = self.server.modules["presence"]
+        contact_bare = str(contact)
+        async with presence.hold(session.username, contact):
+            existing = await storage.get_roster_item(session.username, contact_bare)
+            if existing is None:
+                raise StanzaError("item-not-found", f"{contact_bare} is not in the roster")
+            await presence.cancel_both_ways(session, existing)
+            version = await storage.delete_roster_item(session.username, contact_bare)
+            self.push(session.username, removed_element(contact_bare), version)
 
     def push(self, username: str, item: etree._Element, version: int) -> None:
         """Send a roster push to every interested resource of the user (RFC 6121 §2.1.6)."""
@@ -115,6 +123,15 @@ class Roster:
             query.set("ver", str(version))
             query.append(etree.fromstring(etree.tostring(item)))
             session.deliver(push)
+
+
+async def check_room(storage, username: str) -> None:
+    """MAX_ROSTER_SIZE bounds what one account stores, whether an item comes from a roster set or from a
+    subscription stanza (presence.py). not-allowed: the server will not do this for anyone, and retrying
+    does not help until the user removes a contact (resource-constraint would say "try later")."""
+    _, items = await storage.get_roster(username)
+    if len(items) >= MAX_ROSTER_SIZE:
+        raise StanzaError("not-allowed", f"a roster holds at most {MAX_ROSTER_SIZE} contacts")
 
 
 def item_element(item: RosterItem) -> etree._Element:

@@ -72,8 +72,9 @@ class Router:
         return self._to_full(stanza, to, origin)
 
     def bounce(self, stanza: etree._Element, condition: str, text: str | None = None) -> Awaitable | None:
-        """Answer a stanza with an error; errors are never answered (RFC 6120 §8.3.1)."""
-        if stanza.get("type") == "error" or stanza.get("from") is None:
+        """Answer a stanza with an error. Errors (RFC 6120 §8.3.1) and iq results (§8.2.3) are never answered,
+        whatever is wrong with them: dropped, so that two entities cannot bounce errors back and forth."""
+        if stanza.get("type") == "error" or _is_iq_result(stanza) or stanza.get("from") is None:
             return None
         reply = error_reply(stanza, condition, text)
         try:
@@ -199,6 +200,18 @@ class Router:
         if to_text is None:
             return None
         return self.route(reply, JID.parse(to_text))
+
+
+def require_owner(origin: "Session | None", to: JID) -> None:
+    """For iq handlers that answer for an account only to its owner (roster, ping, disco, register): anyone else
+    gets exactly what an iq to an account that does not exist gets, so the answer does not tell whether the
+    account exists (RFC 6121 §8.5.1). An iq to the server itself (no localpart) passes."""
+    if origin is None or (to.local is not None and origin.bare_jid != to.bare):
+        raise StanzaError("service-unavailable")
+
+
+def _is_iq_result(stanza: etree._Element) -> bool:
+    return stanza.tag == IQ and stanza.get("type") == "result"
 
 
 def _iq_problem(iq: etree._Element) -> str | None:

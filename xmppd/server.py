@@ -19,7 +19,7 @@ from lxml import etree
 from .aio import run_soon
 from .config import Config
 from .jid import JID
-from .router import Router
+from .router import Router, require_owner
 from .session import Connection, Session
 from .stanza import iq_result, qname
 from .storage import Storage
@@ -174,4 +174,5 @@ NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
 
 
 def _legacy_session(iq: etree._Element, origin: Session | None, to: JID) -> etree._Element:
+    require_owner(origin, to)
     return iq_result(iq)

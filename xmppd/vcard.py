@@ -3,7 +3,8 @@
 The vCard is kept as the serialized <vCard/> element, opaque to the server.
 When the owner has none, the owner gets an empty <vCard/> (§3.1) while
 others get <service-unavailable/> (§3.3), the answer the router gives for an
-account that does not exist, so vCard lookups reveal no accounts.
+account that does not exist, so vCard lookups reveal no accounts; a set by
+anyone but the owner gets the same answer.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 from lxml import etree
 
 from .jid import JID
+from .router import require_owner
 from .server import SCOPE_ACCOUNT, SCOPE_SERVER
 from .stanza import StanzaError, iq_result, qname
 
@@ -40,8 +42,7 @@ class VCard:
     async def handle_iq(self, iq: etree._Element, origin: "Session | None", to: JID) -> etree._Element:
         own = origin is not None and origin.bare_jid == to
         if iq.get("type") == "set":
-            if not own:
-                raise StanzaError("forbidden", "only the owner can change a vCard")
+            require_owner(origin, to)
             return await self._set(iq, to.local)
         stored = await self.server.storage.get_vcard(to.local)
         if stored is None:
