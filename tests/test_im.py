@@ -94,6 +94,10 @@ def test_message_to_offline_and_unknown_users_is_answered(xmppd, account):
         a.send_message(mto="nobody-at-all@localhost", mbody="hello?", mtype="chat")
         error = await asyncio.wait_for(errors.get(), 5)
         assert error["error"]["condition"] == "service-unavailable"
+        # Bob exists but is offline: without offline storage (issue #3) the sender is told, not left guessing.
+        a.send_message(mto=bob, mbody="are you there?", mtype="chat")
+        error = await asyncio.wait_for(errors.get(), 5)
+        assert error["error"]["condition"] == "service-unavailable" and error["body"] == "are you there?"
         a.send_message(mto="someone@elsewhere.example", mbody="hello?", mtype="chat")
         error = await asyncio.wait_for(errors.get(), 5)
         assert error["error"]["condition"] == "remote-server-not-found"
