@@ -123,14 +123,17 @@ class Client(slixmpp.ClientXMPP):
     """A slixmpp client that records what it receives, for assertions."""
 
     def __init__(self, server: XmppdProcess, jid: str, password: str, *, mechanism: str | None = None,
-                 direct_tls: bool = False) -> None:
-        plugin_config = {"feature_mechanisms": {"use_mech": mechanism}} if mechanism else {}
+                 direct_tls: bool = False, plaintext: bool = False) -> None:
+        mechanisms = {"use_mech": mechanism} if mechanism else {}
+        if plaintext:   # slixmpp refuses to authenticate in clear text unless told to
+            mechanisms.update(unencrypted_scram=True, unencrypted_plain=True)
+        plugin_config = {"feature_mechanisms": mechanisms}
         super().__init__(jid, password, plugin_config=plugin_config)
         self.xmppd = server
         self.direct_tls = direct_tls
         self.enable_direct_tls = direct_tls
-        self.enable_starttls = not direct_tls
-        self.enable_plaintext = False
+        self.enable_starttls = not direct_tls and not plaintext
+        self.enable_plaintext = plaintext
         self.ca_certs = server.cert
         self.auto_authorize = None      # subscription requests are answered by the tests
         self.auto_subscribe = False

@@ -157,3 +157,21 @@ def test_scram_plus_with_channel_binding(xmppd, account):
     refused = _scram_plus_over_direct_tls(xmppd, username, password, binding_data=b"\x00" * 32)
     assert b"<not-authorized/>" in refused
     assert f"authenticated as {jid} (SCRAM-SHA-256-PLUS)" in xmppd.log()
+
+
+def test_plaintext_only_when_the_operator_allows_it(request, tmp_path_factory, certificate):
+    """require_encryption = false: STARTTLS is optional, SCRAM works in clear text, PLAIN never does."""
+    from tests.conftest import start_xmppd
+
+    server = start_xmppd(request, tmp_path_factory, certificate, "sqlite", "require_encryption = false\n")
+    jid = server.add_user("clear", "clear-password")
+
+    async def scenario():
+        client = await Client(server, jid, "clear-password", mechanism="SCRAM-SHA-256", plaintext=True).login()
+        await client.close()
+        # The client would send PLAIN in clear text, but the server does not offer it without TLS.
+        with pytest.raises(AuthFailed):
+            await Client(server, jid, "clear-password", mechanism="PLAIN", plaintext=True).login(timeout=10)
+
+    run(scenario())
+    assert f"authenticated as {jid} (SCRAM-SHA-256)" in server.log()
