@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import sys
 
 import pytest
 
-from xmppd.storage import RosterItem, ScramCredentials, StorageError, open_storage
+from xmppd.storage import RosterItem, ScramCredentials, StorageError, migrations, open_storage
 from xmppd.storage.migrations import MIGRATIONS
 from xmppd.storage.sql import atomic, execute, select
 
@@ -20,6 +21,7 @@ from .storage_fixtures import BACKENDS, backend_config, run, storage  # noqa: F4
 SHA1 = ScramCredentials(b"salt-1\x00\xff", 4096, b"\x01" * 20, b"\x02" * 20)
 SHA256 = ScramCredentials(b"salt-256", 10000, b"\x03" * 32, b"\x04" * 32)
 SUBSCRIBE = "<presence xmlns='jabber:client' from='{}' to='alice@example.org' type='subscribe'/>"
+MESSAGE = "<message xmlns='jabber:client' from='bob@example.org/x' to='{}@example.org' type='chat'><body>{}</body></message>"
 
 
 def raw(storage, sql_text, *params):
@@ -80,10 +82,12 @@ def test_delete_user_removes_everything(storage):
         run(storage.set_roster_item(user, RosterItem("carol@example.org", "Carol", "both", groups=["A", "B"])))
         run(storage.add_pending_subscription(user, "dave@example.org", SUBSCRIBE.format("dave@example.org")))
         run(storage.set_vcard(user, "<vCard xmlns='vcard-temp'><FN>x</FN></vCard>"))
+        run(storage.store_offline(user, MESSAGE.format(user, "hi"), max_messages=10))
     assert run(storage.delete_user("alice")) is True
     assert run(storage.delete_user("alice")) is False
     assert run(storage.user_exists("alice")) is False
-    for table in ("scram_credentials", "roster_items", "roster_groups", "pending_subscriptions", "vcards"):
+    tables = ("scram_credentials", "roster_items", "roster_groups", "pending_subscriptions", "vcards", "offline_messages")
+    for table in tables:
         assert raw(storage, f"SELECT COUNT(*) FROM {table} WHERE username = ?", "alice") == [(0,)], table
         assert raw(storage, f"SELECT COUNT(*) FROM {table} WHERE username = ?", "bob") != [(0,)], table
     # A new account of the same name starts empty.
@@ -92,7 +96,9 @@ def test_delete_user_removes_everything(storage):
     assert run(storage.list_pending_subscriptions("alice")) == []
     assert run(storage.get_vcard("alice")) is None
     assert run(storage.get_credentials("alice", "SCRAM-SHA-1")) is None
+    assert run(storage.list_offline("alice")) == []
     assert run(storage.get_roster("bob"))[1][0].groups == ["A", "B"]
+    assert [xml for _, xml in run(storage.list_offline("bob"))] == [MESSAGE.format("bob", "hi")]
 
 
 # -- roster -----------------------------------------------------------------------
@@ -222,6 +228,144 @@ def test_pending_subscriptions(storage):
         run(storage.add_pending_subscription("ghost", "amy@example.org", again))
 
 
+# -- offline messages -------------------------------------------------------------
+
+
+def test_offline_messages_keep_their_order(storage):
+    run(storage.create_user("alice", {}))
+    run(storage.create_user("bob", {}))
+    assert run(storage.list_offline("alice")) == []
+    assert run(storage.count_offline("alice")) == 0
+    stored = []
+    for i in range(6):
+        # Interleaved with another user's messages: each user's come back in their own order.
+        stored.append((run(storage.store_offline("alice", MESSAGE.format("alice", i), max_messages=100)), MESSAGE.format("alice", i)))
+        run(storage.store_offline("bob", MESSAGE.format("bob", i), max_messages=100))
+    ids = [message_id for message_id, _ in stored]
+    assert all(type(i) is int for i in ids) and ids == sorted(set(ids))
+    assert run(storage.list_offline("alice")) == stored
+    assert run(storage.count_offline("alice")) == 6
+    assert run(storage.list_offline("alice", limit=2)) == stored[:2]
+    assert run(storage.list_offline("alice", limit=100)) == stored
+    assert run(storage.list_offline("alice", limit=0)) == []
+    assert [xml for _, xml in run(storage.list_offline("bob"))] == [MESSAGE.format("bob", i) for i in range(6)]
+
+    # Handing over the first two, then the rest: what is left stays in order.
+    assert run(storage.delete_offline("alice", ids[:2])) == 2
+    assert run(storage.list_offline("alice")) == stored[2:]
+    # An id is never given out again, not even that of the newest message in the table once deleted.
+    last = run(storage.store_offline("alice", "<message>last</message>", max_messages=100))
+    assert run(storage.delete_offline("alice", [last, ids[-1]])) == 2
+    newest = run(storage.store_offline("alice", "<message/>", max_messages=100))
+    assert newest > last
+    assert run(storage.list_offline("alice")) == stored[2:5] + [(newest, "<message/>")]
+    assert run(storage.count_offline("alice")) == 4
+    assert run(storage.count_offline("bob")) == 6
+
+
+def test_offline_quota_is_exact(storage):
+    run(storage.create_user("alice", {}))
+    run(storage.create_user("bob", {}))
+    ids = [run(storage.store_offline("alice", MESSAGE.format("alice", i), max_messages=3)) for i in range(3)]
+    assert None not in ids
+    before = run(storage.list_offline("alice"))
+    assert run(storage.store_offline("alice", "<message>too many</message>", max_messages=3)) is None
+    assert run(storage.store_offline("alice", "<message>too many</message>", max_messages=2)) is None
+    assert run(storage.list_offline("alice")) == before
+    assert raw(storage, "SELECT COUNT(*) FROM offline_messages") == [(3,)]
+    # The quota is per user.
+    assert run(storage.store_offline("bob", "<message/>", max_messages=3)) is not None
+    # Room again after a delivery, or with a larger quota.
+    assert run(storage.delete_offline("alice", ids[:1])) == 1
+    assert run(storage.store_offline("alice", "<message>4</message>", max_messages=3)) is not None
+    assert run(storage.store_offline("alice", "<message>5</message>", max_messages=3)) is None
+    assert run(storage.store_offline("alice", "<message>5</message>", max_messages=4)) is not None
+    assert run(storage.count_offline("alice")) == 4
+    assert run(storage.store_offline("bob", "<message/>", max_messages=0)) is None
+    with pytest.raises(ValueError):
+        run(storage.store_offline("alice", "<message/>", max_messages=-1))
+    with pytest.raises(ValueError):
+        run(storage.list_offline("alice", limit=-1))
+    assert run(storage.count_offline("alice")) == 4
+
+
+def test_offline_for_unknown_user(storage):
+    with pytest.raises(StorageError, match="store_offline: no such user 'ghost'"):
+        run(storage.store_offline("ghost", "<message/>", max_messages=10))
+    with pytest.raises(StorageError, match="no such user 'ghost'"):
+        run(storage.store_offline("ghost", "<message/>", max_messages=0))
+    assert run(storage.list_offline("ghost")) == []
+    assert run(storage.count_offline("ghost")) == 0
+    assert run(storage.delete_offline("ghost", [1, 2])) == 0
+    assert raw(storage, "SELECT COUNT(*) FROM offline_messages") == [(0,)]
+
+
+def test_offline_delete_only_own_ids(storage):
+    run(storage.create_user("alice", {}))
+    run(storage.create_user("bob", {}))
+    alice = [run(storage.store_offline("alice", MESSAGE.format("alice", i), max_messages=10)) for i in range(3)]
+    bob = [run(storage.store_offline("bob", MESSAGE.format("bob", i), max_messages=10)) for i in range(3)]
+    assert run(storage.delete_offline("alice", [])) == 0
+    assert run(storage.delete_offline("bob", alice)) == 0
+    assert run(storage.delete_offline("alice", bob)) == 0
+    assert run(storage.count_offline("alice")) == 3 and run(storage.count_offline("bob")) == 3
+    # A mixed list: only the caller's own ids count; repeats count once.
+    assert run(storage.delete_offline("alice", [bob[0], alice[1], alice[1], bob[2], max(bob) + 1000])) == 1
+    assert run(storage.delete_offline("alice", [alice[1]])) == 0
+    assert [i for i, _ in run(storage.list_offline("alice"))] == [alice[0], alice[2]]
+    assert [i for i, _ in run(storage.list_offline("bob"))] == bob
+    # More ids than one statement takes (batches, in one transaction), mostly not alice's.
+    many = list(range(1, max(alice + bob) + 1300))
+    assert run(storage.delete_offline("alice", many)) == 2
+    assert run(storage.list_offline("alice")) == []
+    assert [i for i, _ in run(storage.list_offline("bob"))] == bob
+
+
+def test_offline_unicode_and_large_stanzas(storage):
+    run(storage.create_user("ålice", {}))
+    small = MESSAGE.format("ålice", "Grüße, 日本語, Борис, 😀🎉 — 'quotes' \"double\" ? %s %% \\ \r\n\ttabs &amp; &lt;")
+    body = "".join(chr(c) for c in range(0x20, 0x800) if not 0xD800 <= c <= 0xDFFF) + "𝄞😀🇫🇷"
+    large = MESSAGE.format("ålice", (body * (200_000 // len(body) + 1))[:200_000])
+    assert len(large) > 200_000
+    first = run(storage.store_offline("ålice", small, max_messages=10))
+    second = run(storage.store_offline("ålice", large, max_messages=10))
+    assert run(storage.list_offline("ålice")) == [(first, small), (second, large)]
+    assert run(storage.delete_offline("ålice", [first, second])) == 2
+
+
+def test_offline_concurrent_stores_keep_the_quota(storage):
+    async def scenario():
+        await storage.create_user("alice", {})
+        await storage.create_user("bob", {})
+        results = await asyncio.gather(
+            *(storage.store_offline("alice", MESSAGE.format("alice", i), max_messages=10) for i in range(50)),
+            *(storage.store_offline("bob", MESSAGE.format("bob", i), max_messages=7) for i in range(30)),
+            *(storage.count_offline("alice") for _ in range(10)),
+        )
+        alice, bob, counts = results[:50], results[50:80], results[80:]
+        assert sum(r is not None for r in alice) == 10
+        assert sum(r is not None for r in bob) == 7
+        assert all(0 <= count <= 10 for count in counts)
+        listed = await storage.list_offline("alice")
+        assert [i for i, _ in listed] == sorted(r for r in alice if r is not None)
+        assert await storage.count_offline("alice") == 10 and await storage.count_offline("bob") == 7
+
+        # Deliveries and new messages at once: never more than the quota, no message lost.
+        handed_over = [i for i, _ in listed[:4]]
+        results = await asyncio.gather(
+            storage.delete_offline("alice", handed_over[:2]),
+            *(storage.store_offline("alice", f"<message>{i}</message>", max_messages=10) for i in range(20)),
+            storage.delete_offline("alice", handed_over[2:]),
+        )
+        assert results[0] == 2 and results[-1] == 2
+        accepted = [r for r in results[1:-1] if r is not None]
+        assert len(accepted) <= 4
+        assert await storage.count_offline("alice") == 6 + len(accepted) <= 10
+        assert [i for i, _ in await storage.list_offline("alice")] == [i for i, _ in listed[4:]] + sorted(accepted)
+
+    run(scenario())
+
+
 # -- vcard-temp and settings -----------------------------------------------------
 
 
@@ -306,6 +450,67 @@ def test_reopen_keeps_data_and_schema(backend, tmp_path):
 
 def _versions():
     return (yield select("SELECT version FROM schema_version ORDER BY version"))
+
+
+OFFLINE_MIGRATION = 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_offline_migration_upgrades_an_existing_database(backend, tmp_path, monkeypatch):
+    """A database made by the previous schema version gets the offline table on the next open, data intact."""
+
+    async def scenario():
+        config, remove = await backend_config(backend, tmp_path)
+        try:
+            with monkeypatch.context() as m:
+                m.setattr(migrations, "MIGRATIONS", [mg for mg in MIGRATIONS if mg.version < OFFLINE_MIGRATION])
+                old = await open_storage(backend, **config)
+                try:
+                    await old.create_user("alice", {"SCRAM-SHA-256": SHA256})
+                    await old.create_user("bob", {})
+                    assert await old.set_roster_item("alice", RosterItem("bob@example.org", groups=["G"])) == 1
+                    await old.add_pending_subscription("alice", "carol@example.org", SUBSCRIBE.format("carol@example.org"))
+                    assert [v for (v,) in await old._run(_versions)] == [OFFLINE_MIGRATION - 1]
+                    with pytest.raises(StorageError):
+                        await old.count_offline("alice")
+                finally:
+                    await old.close()
+            # Both at once, as two processes starting together would: one migrates, the other waits.
+            new, other = await asyncio.gather(open_storage(backend, **config), open_storage(backend, **config))
+            try:
+                assert [v for (v,) in await new._run(_versions)] == [m.version for m in MIGRATIONS]
+                assert await new.get_credentials("alice", "SCRAM-SHA-256") == SHA256
+                assert (await new.get_roster("alice"))[1] == [RosterItem("bob@example.org", groups=["G"])]
+                assert [j for j, _ in await new.list_pending_subscriptions("alice")] == ["carol@example.org"]
+                first = await new.store_offline("alice", "<message>1</message>", max_messages=2)
+                second = await other.store_offline("alice", "<message>2</message>", max_messages=2)
+                assert await new.store_offline("alice", "<message>3</message>", max_messages=2) is None
+                assert await other.list_offline("alice") == [(first, "<message>1</message>"), (second, "<message>2</message>")]
+                await new.store_offline("bob", "<message/>", max_messages=2)
+                # Accounts from before the migration are covered by its cascade too.
+                assert await new.delete_user("alice") is True
+                assert await new._run(_offline_users) == [("bob",)]
+            finally:
+                await new.close()
+                await other.close()
+        finally:
+            await remove()
+
+    asyncio.run(scenario())
+
+
+def _offline_users():
+    return (yield select("SELECT username FROM offline_messages ORDER BY username"))
+
+
+def test_offline_timestamps_are_utc(storage):
+    run(storage.create_user("alice", {}))
+    run(storage.store_offline("alice", "<message/>", max_messages=1))
+    # The database's clock is this machine's: a stamp in another zone would be hours off.
+    [(stored_at,)] = raw(storage, "SELECT stored_at FROM offline_messages")
+    if isinstance(stored_at, str):  # SQLite: UTC as 'YYYY-MM-DD HH:MM:SS'
+        stored_at = datetime.datetime.fromisoformat(stored_at).replace(tzinfo=datetime.timezone.utc)
+    assert abs(datetime.datetime.now(datetime.timezone.utc) - stored_at) < datetime.timedelta(minutes=5)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

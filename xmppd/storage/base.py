@@ -22,7 +22,7 @@ class StorageError(Exception):
 
 
 class Storage(abc.ABC):
-    """Accounts, rosters, pending subscriptions, vCards and server settings."""
+    """Accounts, rosters, pending subscriptions, vCards, offline messages and server settings."""
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -114,6 +114,32 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def set_vcard(self, username: str, xml: str | None) -> None:
         """Store the serialized <vCard/>; None deletes it."""
+
+    # -- offline messages (XEP-0160) -----------------------------------------------
+    # Ids are positive, increase in the order messages were stored and are never
+    # given out again, even after deletion, so an id read earlier names one message.
+
+    @abc.abstractmethod
+    async def store_offline(self, username: str, stanza_xml: str, *, max_messages: int) -> int | None:
+        """Keep a message for the user; returns its id, None (storing nothing) if max_messages are kept already.
+
+        Counting and inserting are atomic: concurrent calls never take the user past max_messages.
+        """
+
+    @abc.abstractmethod
+    async def list_offline(self, username: str, limit: int | None = None) -> list[tuple[int, str]]:
+        """(id, stanza_xml) of the user's kept messages, oldest first; at most limit of them if given."""
+
+    @abc.abstractmethod
+    async def delete_offline(self, username: str, ids: list[int]) -> int:
+        """Delete those of the user's messages whose ids are given; returns how many were deleted.
+
+        Ids that are not the user's (another user's, or already deleted) are ignored.
+        """
+
+    @abc.abstractmethod
+    async def count_offline(self, username: str) -> int:
+        """Number of messages kept for the user."""
 
     # -- server-wide settings -------------------------------------------------
 

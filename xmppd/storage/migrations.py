@@ -8,6 +8,9 @@ two schemas are the same text, differing only in that table:
                on both, so ORDER BY agrees between backends and with Python
   {BYTES}      binary data
   {SERIAL}     an integer primary key that new rows get in increasing order
+               (SQLite may reuse the id of the newest row once it is deleted)
+  {COUNTER}    the same, but an id is never given out twice, even after its
+               row is deleted (an id handed to a client stays unambiguous)
   {TIMESTAMP}  a point in time (SQLite has no such type and stores text)
 
 The store applies all pending migrations in one transaction when it opens
@@ -32,12 +35,14 @@ DIALECT_WORDS = {
         "KEY": "TEXT",  # SQLite's default BINARY collation compares the UTF-8 bytes
         "BYTES": "BLOB",
         "SERIAL": "INTEGER PRIMARY KEY",  # the rowid: a new row gets max(rowid) + 1
+        "COUNTER": "INTEGER PRIMARY KEY AUTOINCREMENT",  # the rowid, above any it ever had (sqlite_sequence)
         "TIMESTAMP": "TEXT",
     },
     "postgresql": {
         "KEY": 'TEXT COLLATE "C"',  # not the database's locale
         "BYTES": "BYTEA",
         "SERIAL": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+        "COUNTER": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",  # a sequence never goes back
         "TIMESTAMP": "TIMESTAMPTZ",
     },
 }
@@ -106,6 +111,19 @@ MIGRATIONS: list[Migration] = [
                 key {KEY} PRIMARY KEY,
                 value TEXT NOT NULL
             )""",
+        ),
+    ),
+    Migration(
+        2,
+        "offline messages (XEP-0160)",
+        (
+            """CREATE TABLE offline_messages (
+                id {COUNTER},
+                username {KEY} NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+                stanza_xml TEXT NOT NULL,
+                stored_at {TIMESTAMP} NOT NULL DEFAULT CURRENT_TIMESTAMP
+            )""",
+            "CREATE INDEX offline_messages_username_id ON offline_messages (username, id)",
         ),
     ),
 ]

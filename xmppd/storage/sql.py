@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import operator
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -138,6 +139,27 @@ class SQLStorage(Storage):
 
     async def set_vcard(self, username: str, xml: str | None) -> None:
         await self._run(_set_vcard, username, xml)
+
+    async def store_offline(self, username: str, stanza_xml: str, *, max_messages: int) -> int | None:
+        if max_messages < 0:
+            raise ValueError(f"max_messages must not be negative, not {max_messages!r}")
+        return await self._run(_store_offline, username, stanza_xml, max_messages)
+
+    async def list_offline(self, username: str, limit: int | None = None) -> list[tuple[int, str]]:
+        if limit is not None and limit < 0:
+            # SQLite reads a negative LIMIT as none, PostgreSQL refuses it: refuse it on both.
+            raise ValueError(f"limit must not be negative, not {limit!r}")
+        return await self._run(_list_offline, username, limit)
+
+    async def delete_offline(self, username: str, ids: list[int]) -> int:
+        unique = sorted({operator.index(i) for i in ids})
+        if not unique:
+            return 0
+        script = _delete_offline if len(unique) <= _OFFLINE_DELETE_BATCH else _delete_offline_in_batches
+        return await self._run(script, username, unique)
+
+    async def count_offline(self, username: str) -> int:
+        return await self._run(_count_offline, username)
 
     async def get_setting(self, key: str) -> str | None:
         return await self._run(_get_setting, key)
@@ -352,6 +374,68 @@ def _set_vcard(username, xml):
             username,
             xml,
         )
+
+
+# -- offline messages -------------------------------------------------------------
+
+
+@atomic
+def _store_offline(username, stanza_xml, max_messages):
+    # The no-op update locks the user's row first. On PostgreSQL concurrent stores for one
+    # user queue on that lock, and the COUNT after it (a new snapshot under READ COMMITTED)
+    # sees what the ones before committed, so the quota holds; it also means a user's ids
+    # are drawn in commit order, so a reader never sees a newer message before an older one.
+    # On SQLite, BEGIN IMMEDIATE already serializes writers. The update's row count tells
+    # whether the user exists, and its lock holds the user against deletion until the insert.
+    if not (yield execute("UPDATE users SET roster_version = roster_version WHERE username = ?", username)):
+        raise unknown_user(_store_offline, (username,))
+    [(count,)] = yield select("SELECT COUNT(*) FROM offline_messages WHERE username = ?", username)
+    if count >= max_messages:
+        return None
+    [(new_id,)] = yield select(
+        "INSERT INTO offline_messages (username, stanza_xml) VALUES (?, ?) RETURNING id", username, stanza_xml
+    )
+    return new_id
+
+
+def _list_offline(username, limit):
+    sql = "SELECT id, stanza_xml FROM offline_messages WHERE username = ? ORDER BY id"
+    rows = yield (select(sql, username) if limit is None else select(sql + " LIMIT ?", username, limit))
+    return [(message_id, stanza_xml) for message_id, stanza_xml in rows]
+
+
+# Ids per DELETE statement. A batch is padded (repeating its last id) to a power of two,
+# so at most ten statement texts exist: few prepared statements on PostgreSQL, and far
+# below either database's limit on parameters.
+_OFFLINE_DELETE_BATCH = 512
+
+
+def _delete_offline_ids(username, ids):
+    """Delete the user's messages with these ids (distinct); the number deleted."""
+    deleted = 0
+    for start in range(0, len(ids), _OFFLINE_DELETE_BATCH):
+        batch = ids[start : start + _OFFLINE_DELETE_BATCH]
+        size = 1 << (len(batch) - 1).bit_length()
+        batch += batch[-1:] * (size - len(batch))
+        deleted += yield execute(
+            f"DELETE FROM offline_messages WHERE username = ? AND id IN ({', '.join('?' * size)})", username, *batch
+        )
+    return deleted
+
+
+def _delete_offline(username, ids):
+    # At most one batch of ids: one statement.
+    return (yield from _delete_offline_ids(username, ids))
+
+
+@atomic
+def _delete_offline_in_batches(username, ids):
+    return (yield from _delete_offline_ids(username, ids))
+
+
+def _count_offline(username):
+    [(count,)] = yield select("SELECT COUNT(*) FROM offline_messages WHERE username = ?", username)
+    return count
 
 
 # -- settings ---------------------------------------------------------------------
