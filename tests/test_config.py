@@ -93,6 +93,7 @@ BAD = [
     ("c2s", "ping_timeout", "inf", "must be a number greater than 0 (seconds)"),
     ("c2s", "max_unauthenticated_per_address", "0", "must be an integer from 1 to 100000"),
     ("c2s", "max_resources_per_account", "10001", "must be an integer from 1 to 10000"),
+    ("offline", "max_messages", "0", "must be an integer from 1 to 1000000 (messages)"),
     ("auth", "mechanisms", "[]",
      'must be a non-empty list of distinct names from "SCRAM-SHA-256", '
      '"SCRAM-SHA-1", "PLAIN"'),
@@ -103,7 +104,7 @@ BAD = [
     ("auth", "throttle_window", "0.0", "must be a number greater than 0 (seconds)"),
     ("modules", "enabled", '["vcard", "muc"]',
      '"muc" is not one of these; must be a list of distinct names from "version", '
-     '"vcard", "register"'),
+     '"vcard", "register", "offline"'),
     ("version", "show_os", '"false"', "must be true or false"),
     ("register", "min_interval", "-1",
      "must be a number of at least 0 (seconds; 0 turns the limit off)"),
@@ -253,7 +254,7 @@ def test_unknown_section_lists_allowed_sections(base):
     assert refusal(base, srever={"domain": '"example.org"'}) == [
         "test.toml: [srever]: unknown section (did you mean [server]?); allowed sections: "
         "[server], [logging], [storage], [tls], [c2s], [auth], [modules], [version], "
-        "[register]"]
+        "[register], [offline]"]
 
 
 def test_top_level_key_points_to_its_section(base):
@@ -263,7 +264,7 @@ def test_top_level_key_points_to_its_section(base):
     assert str(caught.value) == (
         'test.toml: domain = "example.org": unknown top-level key (did you mean [server] '
         "domain?); every key belongs in a section: [server], [logging], [storage], [tls], "
-        "[c2s], [auth], [modules], [version], [register]")
+        "[c2s], [auth], [modules], [version], [register], [offline]")
 
 
 def test_section_that_is_not_a_table(base):
@@ -283,7 +284,7 @@ def test_all_problems_are_reported_at_once(base):
         parse_config(text, source="conf/xmppd.toml", base_dir=str(base))
     assert caught.value.errors == (
         "conf/xmppd.toml: [bogus]: unknown section; allowed sections: [server], [logging], "
-        "[storage], [tls], [c2s], [auth], [modules], [version], [register]",
+        "[storage], [tls], [c2s], [auth], [modules], [version], [register], [offline]",
         'conf/xmppd.toml: [server] domain = "a..b": invalid domain name (empty label in domainpart); '
         'must be a DNS domain name such as "example.org" (internationalized names allowed)',
         "conf/xmppd.toml: [c2s] prot = 1: unknown key (did you mean port?); allowed keys "
@@ -447,7 +448,7 @@ def test_defaults(tmp_path):
     assert config.storage.sqlite_path == str(tmp_path / "xmppd.sqlite3")
     assert config.c2s.interfaces == ("127.0.0.1", "::1")
     assert config.auth.mechanisms == ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
-    assert config.modules.enabled == ("version", "vcard")
+    assert config.modules.enabled == ("version", "vcard", "offline")
     for option in OPTIONS:
         if option.key != "sqlite_path":
             assert getattr(getattr(config, option.section), option.key) == option.default

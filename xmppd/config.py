@@ -27,7 +27,7 @@ from . import jid
 
 # Optional feature modules an operator may enable; the server imports this
 # tuple too, so the set of names lives only here.
-OPTIONAL_MODULES = ("version", "vcard", "register")
+OPTIONAL_MODULES = ("version", "vcard", "register", "offline")
 
 # SASL mechanisms the server implements (the -PLUS variants follow
 # auth.channel_binding rather than being listed).
@@ -472,10 +472,11 @@ class ModulesConfig:
     """Optional features; the core protocol is always on."""
 
     enabled: tuple[str, ...] = _option(
-        ("version", "vcard"), Strings("distinct names", choices=OPTIONAL_MODULES),
+        ("version", "vcard", "offline"), Strings("distinct names", choices=OPTIONAL_MODULES),
         "Optional modules to load: version (XEP-0092), vcard (XEP-0054), "
         "register (XEP-0077 in-band registration: anyone who can connect can create "
-        "an account).")
+        "an account), offline (XEP-0160: keep messages for accounts that are offline; "
+        "without it their senders get <service-unavailable/>).")
 
 
 @dataclass(frozen=True)
@@ -500,6 +501,16 @@ class RegisterConfig:
 
 
 @dataclass(frozen=True)
+class OfflineConfig:
+    """Settings of the offline module (XEP-0160 Offline Message Storage)."""
+
+    max_messages: int = _option(
+        1000, Int(1, 1000000, "messages"),
+        "Messages kept for one account while it is offline; when full, senders get "
+        "<resource-constraint/> and nothing is dropped silently.")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; ``path`` is the file it came from, if any."""
 
@@ -513,6 +524,7 @@ class Config:
     modules: ModulesConfig = field(default_factory=ModulesConfig)
     version: VersionConfig = field(default_factory=VersionConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
+    offline: OfflineConfig = field(default_factory=OfflineConfig)
 
 
 @dataclass(frozen=True)

@@ -126,7 +126,11 @@ class Presence:
         if session.closed:
             return
         for _, xml in pending:
-            session.deliver(etree.fromstring(xml))
+            session.deliver_bytes(xml.encode())
+        # Then what else waited (offline messages). Awaited here, so that it reaches the client before
+        # anything the session handles next.
+        for hook in self.server.fire("initial-presence", session):
+            await hook
 
     async def _unavailable(self, session: "Session", stanza: etree._Element) -> None:
         was_available = session.available

@@ -28,6 +28,8 @@ log = logging.getLogger("xmppd.server")
 
 # Always loaded: the RFC 6121 core and what every client probes for.
 CORE_MODULES = ("roster", "presence", "disco", "ping")
+# Where a module's name in the config differs from its file name.
+MODULE_FILES = {"offline": "offline_store"}
 
 # Whom an iq handler answers for: the server itself (to='domain' or its resources) or a local account
 # (to='user@domain', or no 'to' from that user's own session).
@@ -60,7 +62,7 @@ class Server:
         for name in names:
             if name in self.modules:
                 continue
-            module = importlib.import_module(f"xmppd.{name}")
+            module = importlib.import_module(f"xmppd.{MODULE_FILES.get(name, name)}")
             self.modules[name] = module.setup(self)
             log.debug("module %s loaded", name)
 
@@ -100,7 +102,7 @@ class Server:
     # ------------------------------------------------------------ hooks
     def on(self, event: str, callback: Callable) -> None:
         """Run `callback` when `event` fires. Hooks in use: 'session-bound' (session),
-        'session-ended' (session), 'account-deleted' (username)."""
+        'session-ended' (session), 'initial-presence' (session), 'account-deleted' (username)."""
         self._hooks[event].append(callback)
 
     def fire(self, event: str, *args: Any) -> list[Awaitable]:

@@ -1,0 +1,38 @@
+"""The one "does this matter to a person" policy, stanza by stanza."""
+
+from __future__ import annotations
+
+import pytest
+from lxml import etree
+
+from xmppd.importance import is_important
+
+
+def stanza(xml: str):
+    return etree.fromstring(xml.replace("<message", "<message xmlns='jabber:client'", 1)
+                            .replace("<presence", "<presence xmlns='jabber:client'", 1))
+
+
+@pytest.mark.parametrize("xml, important", [
+    ("<message type='chat'><body>hi</body></message>", True),
+    ("<message><body>normal type too</body></message>", True),
+    ("<message type='groupchat'><body>in a room</body></message>", True),
+    ("<message type='chat'><body>   </body></message>", False),
+    ("<message type='chat'><encrypted xmlns='eu.siacs.conversations.axolotl'/></message>", True),
+    ("<message type='chat'><encrypted xmlns='urn:xmpp:omemo:2'/></message>", True),
+    ("<message type='chat'><openpgp xmlns='urn:xmpp:openpgp:0'>x</openpgp></message>", True),
+    ("<message><propose xmlns='urn:xmpp:jingle-message:0' id='c1'/></message>", True),
+    ("<message><retract xmlns='urn:xmpp:jingle-message:0' id='c1'/></message>", True),
+    ("<message><accept xmlns='urn:xmpp:jingle-message:0' id='c1'/></message>", False),
+    ("<message type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>", False),
+    ("<message><received xmlns='urn:xmpp:receipts' id='m1'/></message>", False),
+    ("<message><displayed xmlns='urn:xmpp:chat-markers:0' id='m1'/></message>", False),
+    ("<message type='headline'><body>news</body></message>", False),
+    ("<message type='error'><body>bounced</body></message>", False),
+    ("<presence type='subscribe'/>", True),
+    ("<presence/>", False),
+    ("<presence type='unavailable'/>", False),
+    ("<presence type='subscribed'/>", False),
+])
+def test_is_important(xml, important):
+    assert is_important(stanza(xml)) is important

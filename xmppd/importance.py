@@ -1,0 +1,42 @@
+"""The one policy that decides whether a stanza matters to a person (DESIGN.md, invariant 6).
+
+Offline storage asks it today; CSI buffering and push notifications will ask
+the same function, so that a phone is never woken for something it would not
+show, nor left asleep for something it would. Extending it (a new encrypted
+payload, a new call namespace) is a change to this file only.
+"""
+
+from __future__ import annotations
+
+from lxml import etree
+
+from .stanza import MESSAGE, PRESENCE
+
+BODY = "{jabber:client}body"
+
+# End-to-end encrypted payloads: their body is a placeholder or absent, yet they are messages.
+ENCRYPTED = frozenset((
+    "{eu.siacs.conversations.axolotl}encrypted",   # OMEMO (legacy namespace, still the most used)
+    "{urn:xmpp:omemo:2}encrypted",                 # OMEMO 2 (XEP-0384)
+    "{urn:xmpp:openpgp:0}openpgp",                 # OpenPGP for XMPP (XEP-0373)
+    "{jabber:x:encrypted}x",                        # legacy OpenPGP (XEP-0027)
+))
+
+# XEP-0353 Jingle Message Initiation: a call starts ringing, or stops before anyone answered.
+CALL = frozenset(("{urn:xmpp:jingle-message:0}propose", "{urn:xmpp:jingle-message:0}retract"))
+
+
+def is_important(stanza: etree._Element) -> bool:
+    """A message with a body, an encrypted message, a call being offered or withdrawn, or a
+    subscription request. Not: chat states, receipts, markers, other presence, headlines, errors."""
+    if stanza.tag == PRESENCE:
+        return stanza.get("type") == "subscribe"
+    if stanza.tag != MESSAGE or stanza.get("type") in ("error", "headline"):
+        return False
+    for child in stanza:
+        if child.tag == BODY:
+            if child.text and child.text.strip():
+                return True
+        elif child.tag in ENCRYPTED or child.tag in CALL:
+            return True
+    return False
