@@ -221,8 +221,12 @@ class C2SConnection(protocol.Protocol):
                 self.transport.startTLS(self.factory.tls.context_factory)
                 self.machine.tls_started()
             elif isinstance(action, m.NonzaIn):
-                self._run(self.machine.close("unsupported-stanza-type",
-                                             f"{action.element.tag} is not supported"))
+                handler = self.factory.server.nonza_handler(action.element.tag)
+                if handler is None:
+                    self._run(self.machine.close("unsupported-stanza-type",
+                                                 f"{action.element.tag} is not supported"))
+                else:
+                    handler(self.session, action.element)
             elif isinstance(action, m.PreAuthIq):
                 run_soon(self._pre_auth(action.element), f"registration from {self.address}")
             elif isinstance(action, m.Closed):

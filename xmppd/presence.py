@@ -188,7 +188,7 @@ class Presence:
             return None
         data = serialize(stanza)
         for target in self.server.available_sessions(str(to)):
-            target.deliver_bytes(data)
+            target.deliver(stanza, data)
         return None
 
     async def _inbound_probe(self, stanza: etree._Element, user: JID) -> None:
@@ -284,7 +284,7 @@ class Presence:
                 data = serialize(stanza)
                 for target in self.server.sessions_of(str(user)).values():
                     if target.available if kind == "subscribe" else target.roster_requested:
-                        target.deliver_bytes(data)
+                        target.deliver(stanza, data)
             if outcome.roster_push and item is not None and version is not None:
                 self._roster_push(username, item, version)
             if outcome.auto_reply:

@@ -131,7 +131,7 @@ class Router:
         if candidates:
             data = serialize(stanza)
             for session in candidates:
-                session.deliver_bytes(data)
+                session.deliver(stanza, data)
             return None
         if message_type == "headline":
             return None

@@ -53,6 +53,7 @@ class Server:
         self._identities: dict[str, list[tuple[str, str, str | None]]] = defaultdict(list)
         self._hooks: dict[str, list[Callable]] = defaultdict(list)
         self._stream_features: list[Callable[[], etree._Element]] = []
+        self._nonza_handlers: dict[str, Callable[[Session, etree._Element], None]] = {}
         self.modules: dict[str, Any] = {}
         # RFC 3921 session establishment, still sent by old clients: accepted and answered, a no-op.
         self.add_iq_handler(qname(NS_SESSION, "session"), _legacy_session, scopes=(SCOPE_SERVER, SCOPE_ACCOUNT))
@@ -91,6 +92,15 @@ class Server:
 
     def identities(self, scope: str) -> list[tuple[str, str, str | None]]:
         return list(self._identities[scope])
+
+    def add_nonza_handler(self, tag: str, handler: Callable[[Session, etree._Element], None]) -> None:
+        """A top-level element outside jabber:client from a bound client (XEP-0352 <active/>, XEP-0198 <r/>)."""
+        if tag in self._nonza_handlers:
+            raise ValueError(f"two handlers for {tag}")
+        self._nonza_handlers[tag] = handler
+
+    def nonza_handler(self, tag: str) -> Callable[[Session, etree._Element], None] | None:
+        return self._nonza_handlers.get(tag)
 
     def add_stream_feature(self, make_element: Callable[[], etree._Element]) -> None:
         """A child of <stream:features/> offered once the client is authenticated (rosterver, sm, csi …)."""

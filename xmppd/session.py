@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from lxml import etree
 
@@ -42,7 +42,7 @@ class Connection(Protocol):
 
 class Session:
     __slots__ = ("server", "connection", "username", "resource", "jid", "full", "bare", "bare_jid",
-                 "presence", "priority", "available", "roster_requested", "directed", "_inbox", "_busy", "_paused",
+                 "presence", "priority", "available", "roster_requested", "directed", "outbound_filter", "_inbox", "_busy", "_paused",
                  "closed", "__weakref__")
 
     def __init__(self, server: "Server", connection: Connection, username: str, resource: str) -> None:
@@ -59,6 +59,9 @@ class Session:
         self.available = False                         # sent initial presence, not yet unavailable
         self.roster_requested = False                  # an "interested resource" (RFC 6121 §2.1.6)
         self.directed: set[str] = set()                # JIDs that got directed presence (RFC 6121 §4.6)
+        # Set by a module that decides when stanzas go out (XEP-0352 CSI holds unimportant ones while the
+        # client is inactive): filter(element or None, data) returns the bytes to write now, in order.
+        self.outbound_filter: Callable[[etree._Element | None, bytes], list[bytes]] | None = None
         self._inbox: deque[etree._Element] = deque()
         self._busy = False
         self._paused = False
@@ -68,15 +71,28 @@ class Session:
         return f"<Session {self.full}>"
 
     # ------------------------------------------------------------ outbound
-    def deliver(self, element: etree._Element) -> None:
-        """Write a stanza to this client (serialised once, here)."""
-        if not self.closed:
-            self.connection.write(serialize(element))
+    def deliver(self, element: etree._Element, data: bytes | None = None) -> None:
+        """Write a stanza to this client. Fan-out passes `data`, serialised once for all recipients."""
+        if self.closed:
+            return
+        if data is None:
+            data = serialize(element)
+        if self.outbound_filter is None:
+            self.connection.write(data)
+            return
+        for chunk in self.outbound_filter(element, data):
+            self.connection.write(chunk)
 
     def deliver_bytes(self, data: bytes) -> None:
-        """Write an already-serialised stanza (for fan-out: serialise once, send to many)."""
-        if not self.closed:
+        """Write a stanza that is stored serialised (offline messages, subscription requests): it matters,
+        so a filter lets it out at once, after what it held."""
+        if self.closed:
+            return
+        if self.outbound_filter is None:
             self.connection.write(data)
+            return
+        for chunk in self.outbound_filter(None, data):
+            self.connection.write(chunk)
 
     # ------------------------------------------------------------ inbound, in order
     def handle(self, element: etree._Element) -> None:
