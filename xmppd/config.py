@@ -27,7 +27,7 @@ from . import jid
 
 # Optional feature modules an operator may enable; the server imports this
 # tuple too, so the set of names lives only here.
-OPTIONAL_MODULES = ("version", "vcard", "register", "offline")
+OPTIONAL_MODULES = ("version", "vcard", "register", "offline", "csi")
 
 # SASL mechanisms the server implements (the -PLUS variants follow
 # auth.channel_binding rather than being listed).
@@ -472,11 +472,13 @@ class ModulesConfig:
     """Optional features; the core protocol is always on."""
 
     enabled: tuple[str, ...] = _option(
-        ("version", "vcard", "offline"), Strings("distinct names", choices=OPTIONAL_MODULES),
+        ("version", "vcard", "offline", "csi"), Strings("distinct names", choices=OPTIONAL_MODULES),
         "Optional modules to load: version (XEP-0092), vcard (XEP-0054), "
         "register (XEP-0077 in-band registration: anyone who can connect can create "
         "an account), offline (XEP-0160: keep messages for accounts that are offline; "
-        "without it their senders get <service-unavailable/>).")
+        "without it their senders get <service-unavailable/>), csi (XEP-0352: hold "
+        "presence, chat states, receipts, markers and PEP notifications for a client "
+        "that says it is inactive, such as a phone with its screen off).")
 
 
 @dataclass(frozen=True)
@@ -511,6 +513,22 @@ class OfflineConfig:
 
 
 @dataclass(frozen=True)
+class CSIConfig:
+    """Settings of the csi module (XEP-0352 Client State Indication)."""
+
+    max_hold: float = _option(
+        60.0, Number(0.1, 3600, note=_SECONDS),
+        "Longest time a stanza that does not matter (presence, chat states, receipts, "
+        "markers, PEP notifications) waits for an inactive client; then everything held "
+        "is sent. What matters (a message with a body, a call, a subscription request, "
+        "any iq or error) is sent at once, after what was held.")
+    max_buffered: int = _option(
+        100, Int(1, 10000, "stanzas"),
+        "Stanzas held for one inactive client (newer presence, chat states, markers and "
+        "PEP notifications replace older ones); one more sends them all at once.")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; ``path`` is the file it came from, if any."""
 
@@ -525,6 +543,7 @@ class Config:
     version: VersionConfig = field(default_factory=VersionConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
     offline: OfflineConfig = field(default_factory=OfflineConfig)
+    csi: CSIConfig = field(default_factory=CSIConfig)
 
 
 @dataclass(frozen=True)
