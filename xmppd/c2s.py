@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from functools import partial
 from typing import TYPE_CHECKING
 
 from twisted.internet import protocol
@@ -226,7 +227,8 @@ class C2SConnection(protocol.Protocol):
                     self._run(self.machine.close("unsupported-stanza-type",
                                                  f"{action.element.tag} is not supported"))
                 else:
-                    handler(self.session, action.element)
+                    # In the client's order: after the stanzas it sent before (RFC 6120 §10.1).
+                    self.session.handle(partial(handler, self.session, action.element))
             elif isinstance(action, m.PreAuthIq):
                 run_soon(self._pre_auth(action.element), f"registration from {self.address}")
             elif isinstance(action, m.Closed):

@@ -62,7 +62,7 @@ class Session:
         # Set by a module that decides when stanzas go out (XEP-0352 CSI holds unimportant ones while the
         # client is inactive): filter(element or None, data) returns the bytes to write now, in order.
         self.outbound_filter: Callable[[etree._Element | None, bytes], list[bytes]] | None = None
-        self._inbox: deque[etree._Element] = deque()
+        self._inbox: deque = deque()   # stanzas, and callables for nonzas, in the order they came
         self._busy = False
         self._paused = False
         self.closed = False
@@ -95,24 +95,21 @@ class Session:
             self.connection.write(chunk)
 
     # ------------------------------------------------------------ inbound, in order
-    def handle(self, element: etree._Element) -> None:
-        """A stanza from this client. RFC 6120 §10.1 wants in-order processing: while an async handler for
-        an earlier stanza runs, later ones wait here."""
+    def handle(self, item: "etree._Element | Callable[[], None]") -> None:
+        """A stanza from this client, or a callable standing for a nonza (XEP-0352 <active/> …).
+        RFC 6120 §10.1 wants in-order processing: while an async handler for an earlier stanza runs,
+        later ones wait here."""
         if self._busy:
-            self._inbox.append(element)
+            self._inbox.append(item)
             if not self._paused and len(self._inbox) >= INBOX_PAUSE:
                 self._paused = True
                 self.connection.pause_reading()
             return
-        self._run(element)
+        self._run(item)
 
-    def _run(self, element: etree._Element) -> None:
+    def _run(self, item: "etree._Element | Callable[[], None]") -> None:
         while True:
-            try:
-                pending = self.server.router.from_client(self, element)
-            except Exception:
-                log.exception("routing a stanza from %s failed", self.full)
-                pending = self.server.router.bounce(element, "internal-server-error")
+            pending = self._process(item)
             if pending is not None:
                 self._busy = True
                 task = run_soon(pending, f"handling a stanza from {self.full}")
@@ -120,14 +117,31 @@ class Session:
                 return
             if not self._inbox:
                 return
-            element = self._inbox.popleft()
+            item = self._next()
 
-    def _handler_done(self, task: "asyncio.Future") -> None:
-        self._busy = False
+    def _next(self) -> "etree._Element | Callable[[], None]":
+        item = self._inbox.popleft()
         if self._paused and len(self._inbox) < INBOX_PAUSE // 2:
             self._paused = False
             self.connection.resume_reading()
+        return item
+
+    def _process(self, item: "etree._Element | Callable[[], None]"):
+        if callable(item):
+            try:
+                item()
+            except Exception:
+                log.exception("handling a nonza from %s failed", self.full)
+            return None
+        try:
+            return self.server.router.from_client(self, item)
+        except Exception:
+            log.exception("routing a stanza from %s failed", self.full)
+            return self.server.router.bounce(item, "internal-server-error")
+
+    def _handler_done(self, task: "asyncio.Future") -> None:
+        self._busy = False
         # Stanzas the client sent before it went away are still handled: they were accepted.
         if self._inbox:
-            self._run(self._inbox.popleft())
+            self._run(self._next())
 
