@@ -91,6 +91,8 @@ BAD = [
     ("c2s", "connection_timeout", "0", "must be a number greater than 0 (seconds)"),
     ("c2s", "ping_interval", "-1.5", "must be a number greater than 0 (seconds)"),
     ("c2s", "ping_timeout", "inf", "must be a number greater than 0 (seconds)"),
+    ("c2s", "max_bytes_per_second", "-1",
+     "must be an integer from 0 to 1000000000 (bytes per second; 0 turns the limit off)"),
     ("c2s", "max_unauthenticated_per_address", "0", "must be an integer from 1 to 100000"),
     ("c2s", "max_resources_per_account", "10001", "must be an integer from 1 to 10000"),
     ("offline", "max_messages", "0", "must be an integer from 1 to 1000000 (messages)"),
@@ -243,7 +245,8 @@ def test_unknown_key_lists_allowed_keys(base):
     assert refusal(base, c2s={"prot": "5222"}) == [
         "test.toml: [c2s] prot = 5222: unknown key (did you mean port?); allowed keys in "
         "[c2s]: interfaces, port, direct_tls_port, require_encryption, max_stanza_size, "
-        "connection_timeout, ping_interval, ping_timeout, max_unauthenticated_per_address, "
+        "connection_timeout, ping_interval, ping_timeout, max_bytes_per_second, "
+        "max_unauthenticated_per_address, "
         "max_resources_per_account"]
 
 
@@ -291,7 +294,8 @@ def test_all_problems_are_reported_at_once(base):
         'must be a DNS domain name such as "example.org" (internationalized names allowed)',
         "conf/xmppd.toml: [c2s] prot = 1: unknown key (did you mean port?); allowed keys "
         "in [c2s]: interfaces, port, direct_tls_port, require_encryption, max_stanza_size, "
-        "connection_timeout, ping_interval, ping_timeout, max_unauthenticated_per_address, "
+        "connection_timeout, ping_interval, ping_timeout, max_bytes_per_second, "
+        "max_unauthenticated_per_address, "
         "max_resources_per_account",
         "conf/xmppd.toml: [c2s] port = 70000: must be an integer from 0 to 65535 "
         "(0 disables the listener)",

@@ -11,7 +11,8 @@ from tests.harness import Client, raw_connect, run
 
 LIMITS = """max_unauthenticated_per_address = 3
 max_resources_per_account = 2
-"""
+max_bytes_per_second = 0
+"""  # no read limit here: one test needs a sender far faster than the default allows
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +123,26 @@ def test_sigterm_tells_clients_and_stops_cleanly(request, tmp_path_factory, cert
     assert server.process.wait(15) == 0
     log = server.log()
     assert "xmppd stopped" in log and "failed" not in log and "Traceback" not in log
+
+
+def test_a_fast_sender_is_slowed_down_and_loses_nothing(request, tmp_path_factory, certificate):
+    server = start_xmppd(request, tmp_path_factory, certificate, "sqlite",
+                         "max_bytes_per_second = 250000\nmax_stanza_size = 10000\n")
+    sender_jid = server.add_user("fast", "password-5")
+    receiver_jid = server.add_user("patient", "password-6")
+
+    async def scenario():
+        receiver = await Client(server, receiver_jid, "password-6").login()
+        receiver.send_presence()
+        sender = await Client(server, sender_jid, "password-5").login()
+        await asyncio.sleep(0.3)
+        body = "y" * 9000
+        for n in range(60):                # about 540 kB: twice the burst
+            sender.send_message(mto=receiver.boundjid.full, mbody=f"{n} {body}", mtype="chat")
+        got = [int((await receiver.next_message(timeout=30))["body"].split()[0]) for _ in range(60)]
+        assert got == list(range(60))      # all of them, in order
+        await sender.close()
+        await receiver.close()
+
+    run(scenario(), timeout=120)
+    assert "sends faster than 250000 bytes/s: reading slowed down" in server.log()

@@ -21,6 +21,7 @@ from zope.interface import implementer
 from . import c2s_machine as m
 from .aio import run_soon
 from .auth_throttle import AuthThrottle
+from .rate_limit import TokenBucket
 from .stanza import make, qname, serialize
 from .tls import TLSSettings
 
@@ -58,6 +59,8 @@ class C2SFactory(protocol.ServerFactory):
         self.ping_interval = c2s.ping_interval
         self.ping_timeout = c2s.ping_timeout
         self.max_unauthenticated = c2s.max_unauthenticated_per_address
+        self.read_rate = c2s.max_bytes_per_second
+        self.read_burst = max(c2s.max_bytes_per_second, c2s.max_stanza_size)
         self.connections: set[C2SConnection] = set()
         self.unauthenticated: dict[str, int] = {}   # address -> connections not yet bound
 
@@ -98,6 +101,8 @@ class C2SConnection(protocol.Protocol):
         self._unsent = 0              # bytes written while the client was not reading
         self._stall_timer = None
         self._abort_timer = None
+        self._bucket: TokenBucket | None = None
+        self._rate_noted = False
 
     # ------------------------------------------------------------ Twisted events
     def connectionMade(self) -> None:
@@ -111,11 +116,16 @@ class C2SConnection(protocol.Protocol):
         self.factory.count_unauthenticated(self.host, +1)
         self._counted = True
         self.transport.registerProducer(self, True)
+        if self.factory.read_rate:
+            self._bucket = TokenBucket(self.factory.read_rate, self.factory.read_burst,
+                                       clock=self.factory.clock.seconds)
         self._timer = self.factory.clock.callLater(self.factory.connection_timeout, self._timed_out,
                                                    "did not log in in time")
         log.info("c2s %s connected%s", self.address, " (direct TLS)" if tls_active else "")
 
     def dataReceived(self, data: bytes) -> None:
+        if self._bucket is not None:
+            self._limit_rate(len(data))
         if self.session is not None:
             self._note_activity()
         try:
@@ -195,6 +205,18 @@ class C2SConnection(protocol.Protocol):
             self.transport.pauseProducing()
         else:
             self.transport.resumeProducing()
+
+    def _limit_rate(self, size: int) -> None:
+        """Over [c2s] max_bytes_per_second: stop reading until the client is back within it."""
+        wait = self._bucket.take(size)
+        if wait <= 0 or "rate" in self._read_blockers:
+            return
+        if not self._rate_noted:
+            self._rate_noted = True
+            log.info("c2s %s %s sends faster than %d bytes/s: reading slowed down", self.address,
+                     self.session.full if self.session else "-", self.factory.read_rate)
+        self._block_reading("rate", True)
+        self.factory.clock.callLater(wait, self._block_reading, "rate", False)
 
     def _wait_for_machine(self) -> None:
         self._block_reading("machine", self.machine.waiting)

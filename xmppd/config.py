@@ -431,6 +431,10 @@ class C2SConfig:
     ping_timeout: float = _option(
         60.0, Number(0, low_excluded=True, note=_SECONDS),
         "Time to wait for the answer to a ping (or any data) before dropping the connection.")
+    max_bytes_per_second: int = _option(
+        100000, Int(0, 1000000000, "bytes per second; 0 turns the limit off"),
+        "Sustained rate at which one connection is read; faster senders wait (bursts up to "
+        "max_stanza_size pass at once). Protects the CPU from one flooding client.")
     max_unauthenticated_per_address: int = _option(
         32, Int(1, 100000),
         "Connections from one IP address that may be open before logging in; more are refused.")
