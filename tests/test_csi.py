@@ -70,6 +70,8 @@ def test_what_goes_out_at_once():
         body("hi"),
         parse(f"<message from='{ALICE}'><encrypted xmlns='eu.siacs.conversations.axolotl'/></message>"),
         parse(f"<message from='{ALICE}'><propose xmlns='urn:xmpp:jingle-message:0' id='c'/></message>"),
+        # another device took the call: a ringing phone must stop at once
+        parse(f"<message from='{ALICE}'><accept xmlns='urn:xmpp:jingle-message:0' id='c'/></message>"),
         presence(type_="subscribe"),
         iq("get"), iq("result"), iq("set"), iq("error"),
         parse(f"<message from='{ALICE}' type='error'><error type='cancel'/></message>"),

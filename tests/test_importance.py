@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from lxml import etree
 
-from xmppd.importance import is_important
+from xmppd.importance import is_important, is_time_critical
 
 
 def stanza(xml: str):
@@ -36,3 +36,14 @@ def stanza(xml: str):
 ])
 def test_is_important(xml, important):
     assert is_important(stanza(xml)) is important
+
+
+@pytest.mark.parametrize("name", ["ringing", "accept", "proceed", "reject", "finish"])
+def test_call_signalling_after_the_offer_is_time_critical_but_wakes_nobody(name):
+    signal = stanza(f"<message><{name} xmlns='urn:xmpp:jingle-message:0' id='c1'/></message>")
+    assert is_time_critical(signal) and not is_important(signal)
+
+
+def test_ordinary_stanzas_are_not_time_critical():
+    assert not is_time_critical(stanza("<message type='chat'><body>hi</body></message>"))
+    assert not is_time_critical(stanza("<presence/>"))

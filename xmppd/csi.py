@@ -7,7 +7,8 @@ Superseded ones are dropped on the way (the rules are at hold_key()). What
 matters goes out at once, after everything held, so nothing is reordered:
 what importance.is_important() says matters (a message with a body, an
 encrypted message, a call, a subscription request; DESIGN.md invariant 6),
-plus any iq and any error, which must not be delayed. Everything held also
+what importance.is_time_critical() says cannot wait (the rest of a call's
+signalling), plus any iq and any error, which must not be delayed. Everything held also
 goes out when the oldest of it has waited [csi] max_hold seconds, when
 [csi] max_buffered stanzas are held, and when the client sends <active/>.
 
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
-from .importance import is_important
+from .importance import is_important, is_time_critical
 from .stanza import IQ, MESSAGE, NS_CLIENT, NS_DELAY, PRESENCE, qname
 
 if TYPE_CHECKING:
@@ -106,7 +107,7 @@ def hold_key(stanza: etree._Element) -> Hashable | None:
       payloads at once): held as is.
     """
     tag = stanza.tag
-    if tag == IQ or stanza.get("type") == "error" or is_important(stanza):
+    if tag == IQ or stanza.get("type") == "error" or is_important(stanza) or is_time_critical(stanza):
         return URGENT
     sender = stanza.get("from", "")
     if tag == PRESENCE:

@@ -26,6 +26,13 @@ ENCRYPTED = frozenset((
 CALL = frozenset(("{urn:xmpp:jingle-message:0}propose", "{urn:xmpp:jingle-message:0}retract"))
 
 
+# The rest of a call's signalling (XEP-0353): ringing, another device answered, the callee declined,
+# the call ended. Nothing a sleeping phone must be woken for, but a client that is awake must see it at
+# once, or it keeps ringing after the call was taken elsewhere.
+CALL_SIGNALS = frozenset(f"{{urn:xmpp:jingle-message:0}}{name}"
+                         for name in ("ringing", "accept", "proceed", "reject", "finish"))
+
+
 def is_important(stanza: etree._Element) -> bool:
     """A message with a body, an encrypted message, a call being offered or withdrawn, or a
     subscription request. Not: chat states, receipts, markers, other presence, headlines, errors."""
@@ -40,3 +47,8 @@ def is_important(stanza: etree._Element) -> bool:
         elif child.tag in ENCRYPTED or child.tag in CALL:
             return True
     return False
+
+
+def is_time_critical(stanza: etree._Element) -> bool:
+    """Must reach a connected client without delay (CSI never holds it), though it wakes no phone."""
+    return stanza.tag == MESSAGE and any(child.tag in CALL_SIGNALS for child in stanza)
