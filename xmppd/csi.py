@@ -315,12 +315,9 @@ class ClientStateIndication:
     def _on_active(self, session: "Session", element: etree._Element) -> None:
         """XEP-0352 §5.1 in-order processing: everything held is written before anything the client sends
         after <active/> is answered (this runs before the next stanza from the client is handled)."""
-        state = self._inactive.pop(session, None)
+        state = self._stop_holding(session)
         if state is None:
             return
-        state.cancel_timer()
-        if session.outbound_filter is state.filter:
-            session.outbound_filter = None
         count = self._write(session, state.buffer.flush())
         log.debug("csi: %s is active (%d held stanzas sent, %d superseded)", session.full, count,
                   state.buffer.superseded)
@@ -363,16 +360,23 @@ class ClientStateIndication:
                 session.connection.write(chunk)
         return len(chunks)
 
+    def _stop_holding(self, session: "Session") -> "_Inactive | None":
+        """Forget the session's inactive state: no timer, no filter (if it is still ours). The caller
+        decides what becomes of what was held."""
+        state = self._inactive.pop(session, None)
+        if state is not None:
+            state.cancel_timer()
+            if session.outbound_filter is state.filter:
+                session.outbound_filter = None
+        return state
+
     # ------------------------------------------------------------ the end of a session
     def _session_ended(self, session: "Session") -> None:
         """Without stream management nothing can be written any more: the held stanzas (none of them
         matters, or it would not be held) are dropped with the session."""
-        state = self._inactive.pop(session, None)
+        state = self._stop_holding(session)
         if state is None:
             return
-        state.cancel_timer()
-        if session.outbound_filter is state.filter:
-            session.outbound_filter = None
         if len(state.buffer):
             log.debug("csi: %s ended with %d held stanzas, dropped", session.full, len(state.buffer))
 
