@@ -22,7 +22,7 @@ from . import c2s_machine as m
 from .aio import run_soon
 from .auth_throttle import AuthThrottle
 from .rate_limit import TokenBucket
-from .stanza import make, qname, serialize
+from .stanza import StanzaError, make, qname, serialize
 from .tls import TLSSettings
 
 if TYPE_CHECKING:
@@ -281,15 +281,11 @@ class C2SConnection(protocol.Protocol):
                 self._wait_for_machine()
 
     def _bind(self, resource: str | None) -> None:
-        server = self.factory.server
-        if len(server.sessions_of(f"{self.machine.username}@{server.domain}")) >= server.max_resources \
-                and server.session_of(self.machine.username, resource) is None:
-            # RFC 6120 §7.6.2.1: a limit on simultaneous sessions for one account.
-            log.warning("c2s %s refused a bind for %s: %d sessions already", self.address,
-                        self.machine.username, server.max_resources)
-            self._run(self.machine.bind_failed("resource-constraint", "too many sessions for this account"))
+        try:
+            self.session = self.factory.server.bind(self, self.machine.username, resource)
+        except StanzaError as error:
+            self._run(self.machine.bind_failed(error.condition, error.text))
             return
-        self.session = server.bind(self, self.machine.username, resource)
         self._uncount()
         log.info("c2s %s bound %s", self.address, self.session.full)
         self._cancel_timer()   # the log-in deadline is met; from now on the idle timer runs
@@ -303,12 +299,8 @@ class C2SConnection(protocol.Protocol):
             self.factory.count_unauthenticated(self.host, -1)
 
     def _close(self, action: m.Closed) -> None:
-        self._closing = True
-        who = self.session.full if self.session is not None else (self.machine.username or "-")
-        log.info("c2s %s %s closing: %s", self.address, who, action.reason)
-        if self.session is not None:
-            self.factory.server.unbind(self.session)
-        self._cancel_timer()
+        log.info("c2s %s %s closing: %s", self.address, self._who(), action.reason)
+        self._stop()
         self.transport.loseConnection()
         # loseConnection waits until everything is written; a peer that never reads would keep the socket.
         self._abort_timer = self.factory.clock.callLater(CLOSE_GRACE, self.transport.abortConnection)
@@ -317,14 +309,20 @@ class C2SConnection(protocol.Protocol):
         """Cut a client that stopped reading: no stream error, it would not read it anyway."""
         if self._closing:
             return
-        who = self.session.full if self.session is not None else "-"
-        log.warning("c2s %s %s dropped: %s", self.address, who, why)
-        self._closing = True
+        log.warning("c2s %s %s dropped: %s", self.address, self._who(), why)
         self.machine.connection_lost()
+        self._stop()
+        self.transport.abortConnection()
+
+    def _stop(self) -> None:
+        """Nothing more is written or routed to this connection; its session leaves the routing table."""
+        self._closing = True
         if self.session is not None:
             self.factory.server.unbind(self.session)
         self._cancel_timer()
-        self.transport.abortConnection()
+
+    def _who(self) -> str:
+        return self.session.full if self.session is not None else (self.machine.username or "-")
 
     # ------------------------------------------------------------ TLS
     def _channel_bindings(self) -> dict[str, bytes]:

@@ -21,7 +21,7 @@ from .config import Config
 from .jid import JID
 from .router import Router, require_owner
 from .session import Connection, Session
-from .stanza import iq_result, qname
+from .stanza import StanzaError, iq_result, qname
 from .storage import Storage
 
 log = logging.getLogger("xmppd.server")
@@ -132,9 +132,15 @@ class Server:
     # ------------------------------------------------------------ sessions
     def bind(self, connection: Connection, username: str, resource: str | None) -> Session:
         """Register a new session. A second bind of the same full JID replaces the old session, which is
-        closed with <conflict/> (RFC 6120 §7.7.2.2, the 'override' policy)."""
+        closed with <conflict/> (RFC 6120 §7.7.2.2, the 'override' policy). Raises StanzaError
+        (resource-constraint) when the account already has [c2s] max_resources_per_account sessions."""
         bare = f"{username}@{self.domain}"
         resources = self.sessions.get(bare, {})
+        if len(resources) >= self.max_resources and resource not in resources:
+            # RFC 6120 §7.6.2.1: a limit on simultaneous sessions for one account (a replacement is none).
+            log.warning("c2s %s refused a bind for %s: %d sessions already", connection.address, username,
+                        self.max_resources)
+            raise StanzaError("resource-constraint", "too many sessions for this account")
         if resource is None:
             resource = secrets.token_hex(4)
             while resource in resources:
@@ -172,8 +178,6 @@ class Server:
     def session(self, full: JID) -> Session | None:
         return self.sessions.get(str(full.bare), {}).get(full.resource)
 
-    def session_of(self, username: str, resource: str | None) -> Session | None:
-        return self.sessions.get(f"{username}@{self.domain}", {}).get(resource) if resource else None
 
     def available_sessions(self, bare: str) -> list[Session]:
         return [s for s in self.sessions.get(bare, {}).values() if s.available]
