@@ -99,6 +99,17 @@ direct_tls_port = {self.tls_port}
                 self.process.kill()
                 self.process.wait()
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, nothing flushed. What the server acknowledged must already be durable."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self) -> "XmppdProcess":
+        """Start again with the same configuration, storage and ports (the log is appended to)."""
+        self.stop()
+        return self.start()
+
     def cleanup(self) -> None:
         self.stop()
         asyncio.run(self._remove_storage())
@@ -117,6 +128,22 @@ direct_tls_port = {self.tls_port}
 
         asyncio.run(create())
         return f"{username}@{DOMAIN}"
+
+    def add_users(self, usernames: list[str], password: str) -> list[str]:
+        """Create many accounts with one password (its keys derived once, one storage connection)."""
+        credentials = derive_credentials(password, 4096)
+
+        async def create() -> None:
+            storage = await open_storage(self.backend, **self.storage_kwargs)
+            try:
+                for start in range(0, len(usernames), 50):
+                    await asyncio.gather(*(storage.create_user(name, credentials)
+                                           for name in usernames[start:start + 50]))
+            finally:
+                await storage.close()
+
+        asyncio.run(create())
+        return [f"{name}@{DOMAIN}" for name in usernames]
 
 
 class Client(slixmpp.ClientXMPP):

@@ -98,6 +98,11 @@ BAD = [
     ("offline", "max_messages", "0", "must be an integer from 1 to 1000000 (messages)"),
     ("csi", "max_hold", "0.05", "must be a number from 0.1 to 3600 (seconds)"),
     ("csi", "max_buffered", "0", "must be an integer from 1 to 10000 (stanzas)"),
+    ("stream_mgmt", "resume_timeout", "0", "must be a number from 1 to 86400 (seconds)"),
+    ("stream_mgmt", "max_queue", "5", "must be an integer from 10 to 1000000 (stanzas)"),
+    ("stream_mgmt", "request_after_stanzas", "0", "must be an integer from 1 to 10000 (stanzas)"),
+    ("stream_mgmt", "request_after_seconds", "true", "must be a number from 0.1 to 3600 (seconds)"),
+    ("stream_mgmt", "ack_timeout", "7200", "must be a number from 1 to 3600 (seconds)"),
     ("auth", "mechanisms", "[]",
      'must be a non-empty list of distinct names from "SCRAM-SHA-256", '
      '"SCRAM-SHA-1", "PLAIN"'),
@@ -108,7 +113,7 @@ BAD = [
     ("auth", "throttle_window", "0.0", "must be a number greater than 0 (seconds)"),
     ("modules", "enabled", '["vcard", "muc"]',
      '"muc" is not one of these; must be a list of distinct names from "version", '
-     '"vcard", "register", "offline", "csi"'),
+     '"vcard", "register", "offline", "csi", "stream_mgmt"'),
     ("version", "show_os", '"false"', "must be true or false"),
     ("register", "min_interval", "-1",
      "must be a number of at least 0 (seconds; 0 turns the limit off)"),
@@ -259,7 +264,7 @@ def test_unknown_section_lists_allowed_sections(base):
     assert refusal(base, srever={"domain": '"example.org"'}) == [
         "test.toml: [srever]: unknown section (did you mean [server]?); allowed sections: "
         "[server], [logging], [storage], [tls], [c2s], [auth], [modules], [version], "
-        "[register], [offline], [csi]"]
+        "[register], [offline], [csi], [stream_mgmt]"]
 
 
 def test_top_level_key_points_to_its_section(base):
@@ -269,7 +274,7 @@ def test_top_level_key_points_to_its_section(base):
     assert str(caught.value) == (
         'test.toml: domain = "example.org": unknown top-level key (did you mean [server] '
         "domain?); every key belongs in a section: [server], [logging], [storage], [tls], "
-        "[c2s], [auth], [modules], [version], [register], [offline], [csi]")
+        "[c2s], [auth], [modules], [version], [register], [offline], [csi], [stream_mgmt]")
 
 
 def test_section_that_is_not_a_table(base):
@@ -289,7 +294,7 @@ def test_all_problems_are_reported_at_once(base):
         parse_config(text, source="conf/xmppd.toml", base_dir=str(base))
     assert caught.value.errors == (
         "conf/xmppd.toml: [bogus]: unknown section; allowed sections: [server], [logging], "
-        "[storage], [tls], [c2s], [auth], [modules], [version], [register], [offline], [csi]",
+        "[storage], [tls], [c2s], [auth], [modules], [version], [register], [offline], [csi], [stream_mgmt]",
         'conf/xmppd.toml: [server] domain = "a..b": invalid domain name (empty label in domainpart); '
         'must be a DNS domain name such as "example.org" (internationalized names allowed)',
         "conf/xmppd.toml: [c2s] prot = 1: unknown key (did you mean port?); allowed keys "
@@ -454,7 +459,7 @@ def test_defaults(tmp_path):
     assert config.storage.sqlite_path == str(tmp_path / "xmppd.sqlite3")
     assert config.c2s.interfaces == ("127.0.0.1", "::1")
     assert config.auth.mechanisms == ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
-    assert config.modules.enabled == ("version", "vcard", "offline", "csi")
+    assert config.modules.enabled == ("version", "vcard", "offline", "csi", "stream_mgmt")
     for option in OPTIONS:
         if option.key != "sqlite_path":
             assert getattr(getattr(config, option.section), option.key) == option.default

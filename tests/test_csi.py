@@ -283,7 +283,7 @@ def test_module_preserialised_delivery_flushes():
     server, csi, clock, session, connection = module_setup()
     nonza(server, session, INACTIVE)
     session.deliver(presence())
-    session.deliver_bytes(b"<message from='x@localhost'><body>stored</body></message>")
+    session.deliver_stored(b"<message from='x@localhost'><body>stored</body></message>")
     assert connection.take() == [serialize(presence()), b"<message from='x@localhost'><body>stored</body></message>"]
 
 

@@ -366,6 +366,214 @@ def test_offline_concurrent_stores_keep_the_quota(storage):
     run(scenario())
 
 
+# -- the message queue (group commits, journal.py) ---------------------------------
+
+UTC = datetime.timezone.utc
+T0 = datetime.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+
+
+def queued(storage, username, **kwargs):
+    return run(storage.list_queued(username, **kwargs))
+
+
+def test_queue_ids_increase_in_append_order(storage):
+    run(storage.create_user("alice", {}))
+    run(storage.create_user("bob", {}))
+    # 300 rows: inserts in chunks of 256, 32, 8 and 4, so ids must line up across chunks.
+    appends = [("alice" if i % 3 else "bob", MESSAGE.format("x", i), T0 + datetime.timedelta(seconds=i), None) for i in range(300)]
+    ids = run(storage.write_message_queue(appends, []))
+    assert len(ids) == 300 and None not in ids
+    assert ids == sorted(ids) and len(set(ids)) == 300
+    for user in ("alice", "bob"):
+        expected = [(i, xml, at) for i, (u, xml, at, _) in zip(ids, appends) if u == user]
+        assert queued(storage, user) == expected
+    # A later call's ids are above all earlier ones, also for the other user.
+    [later] = run(storage.write_message_queue([("bob", "<message/>", T0, None)], []))
+    assert later > max(ids)
+
+
+def test_queue_quota_counts_rows_of_the_same_call(storage):
+    run(storage.create_user("alice", {}))
+    run(storage.create_user("bob", {}))
+    [old] = run(storage.write_message_queue([("alice", "<message>old</message>", T0, None)], []))
+    ids = run(storage.write_message_queue(
+        [
+            ("alice", "<message>1</message>", T0, 3),  # 2nd row
+            ("bob", "<message>b1</message>", T0, 1),
+            ("alice", "<message>2</message>", T0, 3),  # 3rd row
+            ("alice", "<message>3</message>", T0, 3),  # would be the 4th: refused
+            ("bob", "<message>b2</message>", T0, 1),  # refused
+            ("alice", "<message>4</message>", T0, None),  # no quota: stored
+            ("alice", "<message>5</message>", T0, 5),  # 5th row: within 5
+            ("alice", "<message>6</message>", T0, 5),  # refused
+            ("alice", "<message>7</message>", T0, 0),  # refused
+        ],
+        [],
+    ))
+    assert [i is not None for i in ids] == [True, True, True, False, False, True, True, False, False]
+    assert [xml for _, xml, _ in queued(storage, "alice")] == [f"<message>{x}</message>" for x in ("old", 1, 2, 4, 5)]
+    assert [xml for _, xml, _ in queued(storage, "bob")] == ["<message>b1</message>"]
+    # Deletes come first within a call: they make room for its appends.
+    ids = run(storage.write_message_queue([("alice", "<message>8</message>", T0, 5)], [old]))
+    assert ids[0] is not None
+    assert run(storage.write_message_queue([("alice", "<message>9</message>", T0, 5)], [])) == [None]
+    assert run(storage.count_offline("alice")) == 5
+    with pytest.raises(ValueError):
+        run(storage.write_message_queue([("alice", "<message/>", T0, -1)], []))
+    assert run(storage.count_offline("alice")) == 5
+
+
+def test_queue_unknown_user_is_refused_alone(storage):
+    run(storage.create_user("alice", {}))
+    ids = run(storage.write_message_queue(
+        [("alice", "<message>1</message>", T0, None), ("ghost", "<message/>", T0, None),
+         ("ghost", "<message/>", T0, 10), ("alice", "<message>2</message>", T0, 10)],
+        [],
+    ))
+    assert ids[1:3] == [None, None] and ids[0] is not None and ids[3] > ids[0]
+    assert [xml for _, xml, _ in queued(storage, "alice")] == ["<message>1</message>", "<message>2</message>"]
+    assert raw(storage, "SELECT COUNT(*) FROM offline_messages WHERE username = ?", "ghost") == [(0,)]
+    # A user deleted meanwhile: refused, the rest of the batch goes through.
+    run(storage.create_user("bob", {}))
+    run(storage.delete_user("bob"))
+    assert run(storage.write_message_queue([("bob", "<message/>", T0, None), ("alice", "<message>3</message>", T0, None)], []))[0] is None
+    assert run(storage.count_offline("alice")) == 3
+
+
+def test_queue_deletes_any_users_rows(storage):
+    run(storage.create_user("alice", {}))
+    run(storage.create_user("bob", {}))
+    alice = run(storage.write_message_queue([("alice", f"<message>{i}</message>", T0, None) for i in range(600)], []))
+    bob = run(storage.write_message_queue([("bob", f"<message>{i}</message>", T0, None) for i in range(3)], []))
+    # One call deletes rows of both users, ignoring unknown and repeated ids; 601 ids need two statements.
+    gone = alice[:599] + [bob[1], bob[1], max(bob) + 1000]
+    assert run(storage.write_message_queue([], gone)) == []
+    assert [i for i, _, _ in queued(storage, "alice")] == alice[599:]
+    assert [i for i, _, _ in queued(storage, "bob")] == [bob[0], bob[2]]
+    # Deletes together with appends for the same user.
+    [new] = run(storage.write_message_queue([("alice", "<message>new</message>", T0, None)], [alice[599], bob[0]]))
+    assert [i for i, _, _ in queued(storage, "alice")] == [new]
+    assert [i for i, _, _ in queued(storage, "bob")] == [bob[2]]
+    assert run(storage.write_message_queue([], [])) == []
+
+
+def test_queue_batch_is_atomic(storage, monkeypatch):
+    """A batch that fails after all of its statements ran leaves nothing: no insert, no delete."""
+    from xmppd.storage import sql
+
+    run(storage.create_user("alice", {}))
+    [kept] = run(storage.write_message_queue([("alice", "<message>kept</message>", T0, None)], []))
+    original = sql._write_message_queue
+
+    def _write_message_queue(*args):
+        yield from original(*args)
+        raise StorageError("boom")
+
+    _write_message_queue.atomic = sql.is_atomic(original)  # the test is of the real script's marking
+
+    monkeypatch.setattr(sql, "_write_message_queue", _write_message_queue)
+    with pytest.raises(StorageError, match="boom"):
+        run(storage.write_message_queue([("alice", f"<message>{i}</message>", T0, 5) for i in range(300)], [kept]))
+    assert queued(storage, "alice") == [(kept, "<message>kept</message>", T0)]
+    monkeypatch.undo()
+    # The failed call used no quota and the next one goes through.
+    assert None not in run(storage.write_message_queue([("alice", f"<message>{i}</message>", T0, 5) for i in range(4)], [kept]))
+    assert run(storage.count_offline("alice")) == 4
+
+
+def test_queue_timestamps_round_trip(storage):
+    run(storage.create_user("alice", {}))
+    moments = [
+        T0,
+        datetime.datetime(2024, 5, 6, 9, 8, 9, 1, tzinfo=datetime.timezone(datetime.timedelta(hours=2))),  # 07:08:09.000001Z
+        datetime.datetime(2031, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC),
+    ]
+    run(storage.write_message_queue([("alice", f"<message>{i}</message>", at, None) for i, at in enumerate(moments)], []))
+    got = [at for _, _, at in queued(storage, "alice")]
+    assert got == moments
+    assert all(at.utcoffset() == datetime.timedelta(0) for at in got)
+    assert got[1].tzinfo == UTC and got[1].microsecond == 1 and got[1].hour == 7
+    # The stored text sorts as time does (SQLite stores text, PostgreSQL a timestamptz).
+    assert [i for (i,) in raw(storage, "SELECT id FROM offline_messages ORDER BY stored_at, id")] == [
+        i for i, _, _ in sorted(queued(storage, "alice"), key=lambda row: (row[2], row[0]))
+    ]
+    with pytest.raises(ValueError, match="aware"):
+        run(storage.write_message_queue([("alice", "<message/>", datetime.datetime(2024, 1, 1), None)], []))
+    # Rows from store_offline (stored_at from the database's clock, to the second) read back as UTC too.
+    message_id = run(storage.store_offline("alice", "<message>old</message>", max_messages=10))
+    [(row_id, _, at)] = queued(storage, "alice", after=max(i for i, _, _ in queued(storage, "alice")) - 1)[-1:]
+    assert row_id == message_id and at.tzinfo is not None
+    assert abs(datetime.datetime.now(UTC) - at) < datetime.timedelta(minutes=5)
+
+
+def test_list_queued_after_and_limit(storage):
+    run(storage.create_user("alice", {}))
+    run(storage.create_user("bob", {}))
+    ids = run(storage.write_message_queue([(u, f"<message>{u}{i}</message>", T0, None) for i in range(5) for u in ("alice", "bob")], []))
+    alice = ids[0::2]
+    assert [i for i, _, _ in queued(storage, "alice")] == alice
+    assert [i for i, _, _ in queued(storage, "alice", after=alice[1])] == alice[2:]
+    assert [i for i, _, _ in queued(storage, "alice", after=alice[1] + 1, limit=2)] == alice[2:4]
+    assert queued(storage, "alice", limit=0) == []
+    assert queued(storage, "alice", after=alice[-1]) == []
+    assert queued(storage, "ghost") == []
+    with pytest.raises(ValueError):
+        queued(storage, "alice", limit=-1)
+
+
+def test_queue_concurrent_batches_keep_the_quota(storage):
+    """Several calls at once (PostgreSQL runs them on separate connections): the quota holds, ids follow commits."""
+
+    async def scenario():
+        await storage.create_user("alice", {})
+        await storage.create_user("bob", {})
+        results = await asyncio.gather(*(
+            storage.write_message_queue(
+                [("alice", f"<message>{n}.{i}</message>", T0, 25) for i in range(10)]
+                + [("bob", f"<message>{n}.{i}</message>", T0, None) for i in range(3)],
+                [],
+            )
+            for n in range(8)
+        ))
+        accepted = [i for ids in results for i in ids[:10] if i is not None]
+        assert len(accepted) == 25
+        assert all(None not in ids[10:] for ids in results)
+        assert [i for i, _, _ in await storage.list_queued("alice")] == sorted(accepted)
+        assert await storage.count_offline("bob") == 24
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("zone", ["Pacific/Kiritimati", "America/Adak"])
+def test_queue_timestamps_ignore_the_postgresql_session_zone(tmp_path, zone):
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    async def scenario():
+        config, remove = await backend_config("postgresql", tmp_path)
+        options = conninfo_to_dict(config["postgresql_dsn"])["options"]
+        config["postgresql_dsn"] = make_conninfo(config["postgresql_dsn"], options=f"{options} -ctimezone={zone}")
+        try:
+            store = await open_storage("postgresql", **config)
+            try:
+                await store.create_user("alice", {})
+                await store.write_message_queue([("alice", "<message/>", T0, None)], [])
+                [(_, _, at)] = await store.list_queued("alice")
+                assert at == T0 and at.tzinfo == UTC
+                [(text,)] = await store._run(_stored_at_text)
+                assert text.startswith("2024-05-06 07:08:09.123456")  # as stored, read in UTC
+            finally:
+                await store.close()
+        finally:
+            await remove()
+
+    asyncio.run(scenario())
+
+
+def _stored_at_text():
+    return (yield select("SELECT to_char(stored_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') FROM offline_messages"))
+
+
 # -- vcard-temp and settings -----------------------------------------------------
 
 

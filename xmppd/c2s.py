@@ -23,6 +23,7 @@ from .aio import run_soon
 from .auth_throttle import AuthThrottle
 from .rate_limit import TokenBucket
 from .stanza import StanzaError, make, qname, serialize
+from .stream_mgmt import ResumeFailed, failed_bytes
 from .tls import TLSSettings
 
 if TYPE_CHECKING:
@@ -137,7 +138,8 @@ class C2SConnection(protocol.Protocol):
         self._wait_for_machine()
 
     def connectionLost(self, reason=None) -> None:
-        self._closing = True
+        if not self._closing:
+            self._stop(resumable=True)   # the socket broke: EOF or reset without a closing tag
         self.machine.connection_lost()
         self.factory.connections.discard(self)
         self._uncount()
@@ -147,7 +149,6 @@ class C2SConnection(protocol.Protocol):
                 timer.cancel()
         why = reason.getErrorMessage() if reason is not None else "closed"
         if self.session is not None:
-            self.factory.server.unbind(self.session)
             log.info("c2s %s %s disconnected: %s", self.address, self.session.full, why)
         else:
             log.info("c2s %s disconnected before binding: %s", self.address, why)
@@ -163,8 +164,9 @@ class C2SConnection(protocol.Protocol):
                 return
         self.transport.write(data)
 
-    def close_stream(self, condition: str | None = None, text: str | None = None, reason: str = "") -> None:
-        self._run(self.machine.close(condition, text, reason=reason or "closed by server"))
+    def close_stream(self, condition: str | None = None, text: str | None = None, reason: str = "",
+                     app_error: bytes = b"") -> None:
+        self._run(self.machine.close(condition, text, reason=reason or "closed by server", app_error=app_error))
 
     def pause_reading(self) -> None:
         self._block_reading("session", True)
@@ -251,6 +253,8 @@ class C2SConnection(protocol.Protocol):
                 else:
                     # In the client's order: after the stanzas it sent before (RFC 6120 §10.1).
                     self.session.handle(partial(handler, self.session, action.element))
+            elif isinstance(action, m.ResumeRequested):
+                run_soon(self._resume(action), f"resumption for {self.address}")
             elif isinstance(action, m.PreAuthIq):
                 run_soon(self._pre_auth(action.element), f"registration from {self.address}")
             elif isinstance(action, m.Closed):
@@ -293,6 +297,36 @@ class C2SConnection(protocol.Protocol):
         self._run(self.machine.bound(self.session.full))
         self._wait_for_machine()
 
+    async def _resume(self, action: m.ResumeRequested) -> None:
+        """XEP-0198 §5: take over a hibernated (or still connected) session instead of binding."""
+        keeper = self.factory.server.stream_mgmt
+        if keeper is None:
+            self._run(self.machine.resume_failed(failed_bytes("feature-not-implemented")))
+            self._wait_for_machine()
+            return
+        try:
+            session = await keeper.resume(self.machine.username, action.previd, action.h)
+        except ResumeFailed as failure:
+            log.info("c2s %s could not resume %s@%s: %s", self.address, self.machine.username,
+                     self.factory.server.domain, failure)
+            if failure.stream_error:
+                self._run(self.machine.close(failure.stream_error, str(failure), reason=str(failure),
+                                             app_error=failure.data))
+            elif not self._closing:
+                self._run(self.machine.resume_failed(failure.data))
+                self._wait_for_machine()
+            return
+        if self._closing:
+            keeper.hibernate(session)   # this connection broke while the resumption was under way
+            return
+        self.session = session
+        self._uncount()
+        self._cancel_timer()
+        self._note_activity()
+        keeper.attach(session, self)
+        self._run(self.machine.resumed(session.full))
+        self._wait_for_machine()
+
     def _uncount(self) -> None:
         if self._counted:
             self._counted = False
@@ -300,7 +334,8 @@ class C2SConnection(protocol.Protocol):
 
     def _close(self, action: m.Closed) -> None:
         log.info("c2s %s %s closing: %s", self.address, self._who(), action.reason)
-        self._stop()
+        # A client that closed its stream ended its session; one that went silent may come back (XEP-0198).
+        self._stop(resumable=action.condition == "connection-timeout")
         self.transport.loseConnection()
         # loseConnection waits until everything is written; a peer that never reads would keep the socket.
         self._abort_timer = self.factory.clock.callLater(CLOSE_GRACE, self.transport.abortConnection)
@@ -311,14 +346,16 @@ class C2SConnection(protocol.Protocol):
             return
         log.warning("c2s %s %s dropped: %s", self.address, self._who(), why)
         self.machine.connection_lost()
-        self._stop()
+        self._stop(resumable=True)
         self.transport.abortConnection()
 
-    def _stop(self) -> None:
-        """Nothing more is written or routed to this connection; its session leaves the routing table."""
+    def _stop(self, *, resumable: bool) -> None:
+        """Nothing more is written or routed to this connection. Its session ends, or hibernates if it
+        is `resumable` and has stream management; a session already resumed elsewhere is left alone."""
         self._closing = True
-        if self.session is not None:
-            self.factory.server.unbind(self.session)
+        session = self.session
+        if session is not None and session.connection is self:
+            self.factory.server.connection_lost(session, resumable=resumable)
         self._cancel_timer()
 
     def _who(self) -> str:
@@ -347,7 +384,7 @@ class C2SConnection(protocol.Protocol):
         ping = make("iq", {"type": "get", "id": "ping-" + secrets.token_hex(4), "from": self.factory.server.domain,
                            "to": self.session.full if self.session else None})
         ping.append(ping.makeelement(qname(NS_PING, "ping"), nsmap={None: NS_PING}))
-        self.write(serialize(ping))
+        self.session.transmit(serialize(ping))
         self._ping_outstanding = True
         self._timer = self.factory.clock.callLater(self.factory.ping_timeout, self._idle)
 

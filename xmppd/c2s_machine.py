@@ -24,6 +24,7 @@ from . import sasl
 from .jid import JID, InvalidJID, normalize_localpart, normalize_resource
 from .stanza import IQ, NS_CLIENT, STANZA_TAGS, error_reply, iq_result, qname, serialize
 from .storage.models import ScramCredentials
+from .stream_mgmt import NS_SM, RESUME, failed_bytes, parse_h
 from .xmlstream import (
     NS_STREAMS,
     STREAM_CLOSE,
@@ -94,6 +95,13 @@ class PreAuthIq:
 
 
 @dataclass(slots=True)
+class ResumeRequested:
+    """XEP-0198 <resume/> instead of bind: answer with resumed() or resume_failed()."""
+    previd: str
+    h: int
+
+
+@dataclass(slots=True)
 class StanzaIn:
     """A stanza from the bound client, its 'from' stamped with the full JID."""
     element: etree._Element
@@ -113,7 +121,7 @@ class Closed:
 
 
 Action = Send | StartTLS | LookupCredentials | Authenticated | AuthFailed | BindRequested | PreAuthIq | \
-    StanzaIn | NonzaIn | Closed
+    ResumeRequested | StanzaIn | NonzaIn | Closed
 
 
 class Phase(enum.Enum):
@@ -215,6 +223,19 @@ class C2SMachine:
         self._waiting = False
         return [Send(serialize(error_reply(iq, condition, text)))] + self._drain()
 
+    def resumed(self, full_jid: str) -> list[Action]:
+        """The answer to ResumeRequested: the stream now carries the resumed session (the caller has
+        written <resumed/> and the unacknowledged stanzas)."""
+        self._waiting = False
+        self.jid = full_jid
+        self.phase = Phase.BOUND
+        return self._drain()
+
+    def resume_failed(self, answer: bytes) -> list[Action]:
+        """The answer to ResumeRequested when the session cannot be resumed: the client may bind anew."""
+        self._waiting = False
+        return [Send(answer)] + self._drain()
+
     def pre_auth_answered(self) -> list[Action]:
         """The answer to PreAuthIq was written; go on with what the client sent after it."""
         self._waiting = False
@@ -226,12 +247,13 @@ class C2SMachine:
         self._pending.clear()
 
     def close(self, condition: str | None = None, text: str | None = None,
-              reason: str = "closed by server") -> list[Action]:
-        """Server-initiated end of stream: with a stream error when `condition` is given."""
+              reason: str = "closed by server", app_error: bytes = b"") -> list[Action]:
+        """Server-initiated end of stream: with a stream error when `condition` is given (and an
+        application-specific condition element, such as XEP-0198's <handled-count-too-high/>)."""
         if self.phase is Phase.CLOSED:
             return []
         if condition:
-            return self._stream_error(condition, text, reason=reason)
+            return self._stream_error(condition, text, reason=reason, app_error=app_error)
         self.phase = Phase.CLOSED
         return [Send(self._header_if_needed() + STREAM_CLOSE), Closed(reason)]
 
@@ -317,7 +339,21 @@ class C2SMachine:
             return self._on_sasl(element)
         if tag == IQ:
             return self._on_iq_before_bound(element)
+        if namespace == NS_SM and self.phase is Phase.AUTHENTICATED:
+            return self._on_stream_management(element)
         return self._stream_error("not-authorized", "authenticate and bind a resource first")
+
+    def _on_stream_management(self, element: etree._Element) -> list[Action]:
+        """XEP-0198 between authentication and bind: <resume/> takes an earlier session over; <enable/>
+        must wait until a resource is bound (§3)."""
+        if element.tag == RESUME:
+            previd = element.get("previd")
+            h = parse_h(element.get("h"))
+            if not previd or h is None:
+                return [Send(failed_bytes("bad-request"))]
+            self._waiting = True
+            return [ResumeRequested(previd, h)]
+        return [Send(failed_bytes("unexpected-request"))]
 
     # ------------------------------------------------------------ STARTTLS
     def _on_starttls(self, element: etree._Element) -> list[Action]:
@@ -459,9 +495,10 @@ class C2SMachine:
         return address == self.jid or address == self.bare
 
     # ------------------------------------------------------------ helpers
-    def _stream_error(self, condition: str, text: str | None = None, reason: str | None = None) -> list[Action]:
+    def _stream_error(self, condition: str, text: str | None = None, reason: str | None = None,
+                      app_error: bytes = b"") -> list[Action]:
         self.phase = Phase.CLOSED
-        data = self._header_if_needed() + stream_error(condition, text or None) + STREAM_CLOSE
+        data = self._header_if_needed() + stream_error(condition, text or None, app_error) + STREAM_CLOSE
         return [Send(data), Closed(reason or f"stream error {condition}" + (f": {text}" if text else ""),
                                    condition)]
 

@@ -27,7 +27,7 @@ from . import jid
 
 # Optional feature modules an operator may enable; the server imports this
 # tuple too, so the set of names lives only here.
-OPTIONAL_MODULES = ("version", "vcard", "register", "offline", "csi")
+OPTIONAL_MODULES = ("version", "vcard", "register", "offline", "csi", "stream_mgmt")
 
 # SASL mechanisms the server implements (the -PLUS variants follow
 # auth.channel_binding rather than being listed).
@@ -476,13 +476,15 @@ class ModulesConfig:
     """Optional features; the core protocol is always on."""
 
     enabled: tuple[str, ...] = _option(
-        ("version", "vcard", "offline", "csi"), Strings("distinct names", choices=OPTIONAL_MODULES),
+        ("version", "vcard", "offline", "csi", "stream_mgmt"), Strings("distinct names", choices=OPTIONAL_MODULES),
         "Optional modules to load: version (XEP-0092), vcard (XEP-0054), "
         "register (XEP-0077 in-band registration: anyone who can connect can create "
         "an account), offline (XEP-0160: keep messages for accounts that are offline; "
         "without it their senders get <service-unavailable/>), csi (XEP-0352: hold "
         "presence, chat states, receipts, markers and PEP notifications for a client "
-        "that says it is inactive, such as a phone with its screen off).")
+        "that says it is inactive, such as a phone with its screen off), stream_mgmt "
+        "(XEP-0198: acknowledgements, and sessions that survive a broken connection and "
+        "are resumed; it loads offline too).")
 
 
 @dataclass(frozen=True)
@@ -533,6 +535,35 @@ class CSIConfig:
 
 
 @dataclass(frozen=True)
+class StreamMgmtConfig:
+    """Settings of the stream_mgmt module (XEP-0198 Stream Management)."""
+
+    resume_timeout: float = _option(
+        300.0, Number(1, 86400, note=_SECONDS),
+        "Longest time a session whose connection broke stays resumable (hibernated: it "
+        "stays online and queues what arrives). A client asking for less (max) gets "
+        "less. When it is over, unacknowledged messages go to offline storage.")
+    max_queue: int = _option(
+        1000, Int(10, 1000000, "stanzas"),
+        "Unacknowledged stanzas kept for one session. Past it, messages that matter go "
+        "to offline storage (nothing is overwritten or dropped) and come back once the "
+        "client acknowledges again or resumes; iq requests get an error; presence and "
+        "chat states are dropped.")
+    request_after_stanzas: int = _option(
+        5, Int(1, 10000, "stanzas"),
+        "Ask the client for an acknowledgement (<r/>) once this many stanzas are "
+        "unacknowledged.")
+    request_after_seconds: float = _option(
+        10.0, Number(0.1, 3600, note=_SECONDS),
+        "Ask for an acknowledgement when a stanza has waited this long for one, however "
+        "few are unacknowledged.")
+    ack_timeout: float = _option(
+        60.0, Number(1, 3600, note=_SECONDS),
+        "A client that leaves a request for an acknowledgement unanswered this long is "
+        "considered gone: its connection is closed and its session hibernates.")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; ``path`` is the file it came from, if any."""
 
@@ -548,6 +579,7 @@ class Config:
     register: RegisterConfig = field(default_factory=RegisterConfig)
     offline: OfflineConfig = field(default_factory=OfflineConfig)
     csi: CSIConfig = field(default_factory=CSIConfig)
+    stream_mgmt: StreamMgmtConfig = field(default_factory=StreamMgmtConfig)
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ goes out when the oldest of it has waited [csi] max_hold seconds, when
 CSIBuffer is the policy, with no I/O and no reactor; ClientStateIndication is
 the module: the nonza handlers, the <csi/> stream feature, the per-session
 outbound filter and one timer per inactive session. Stream management
-(XEP-0198, not written yet) must call ClientStateIndication.flush(session)
-before a resumption hands the unacknowledged queue over.
+(stream_mgmt.py) calls ClientStateIndication.flush(session) before a
+resumption hands the unacknowledged queue over. A hibernated session stays
+inactive: what does not matter is still collapsed while the phone is away.
 """
 
 from __future__ import annotations
@@ -293,9 +294,8 @@ class ClientStateIndication:
         """Write everything held for `session` now; the session stays inactive. Returns how many stanzas
         went out.
 
-        Stream management (XEP-0198, not written yet) calls this before a resumption hands the
-        unacknowledged queue over to the new connection, so that what was held is written through the
-        session's connection (and counted) before the queue moves, never lost or reordered."""
+        Stream management calls this before a resumption hands the unacknowledged queue over, so that
+        what was held joins the queue (and is counted) before it moves, never lost or reordered."""
         state = self._inactive.get(session)
         if state is None:
             return 0
@@ -357,7 +357,7 @@ class ClientStateIndication:
     def _write(session: "Session", chunks: list[bytes]) -> int:
         if not session.closed:
             for chunk in chunks:
-                session.connection.write(chunk)
+                session.transmit(chunk)
         return len(chunks)
 
     def _stop_holding(self, session: "Session") -> "_Inactive | None":

@@ -1,7 +1,7 @@
 """The one policy that decides whether a stanza matters to a person (DESIGN.md, invariant 6).
 
-Offline storage asks it today; CSI buffering and push notifications will ask
-the same function, so that a phone is never woken for something it would not
+Offline storage, the durable journal, CSI buffering and (soon) push
+notifications ask these functions, so that a phone is never woken for something it would not
 show, nor left asleep for something it would. Extending it (a new encrypted
 payload, a new call namespace) is a change to this file only.
 """
@@ -52,3 +52,9 @@ def is_important(stanza: etree._Element) -> bool:
 def is_time_critical(stanza: etree._Element) -> bool:
     """Must reach a connected client without delay (CSI never holds it), though it wakes no phone."""
     return stanza.tag == MESSAGE and any(child.tag in CALL_SIGNALS for child in stanza)
+
+
+def is_kept(stanza: etree._Element) -> bool:
+    """A message the server keeps for its recipient: stored offline when no resource can take it
+    (XEP-0160), recorded durably on its way to a stream-managed one. Chat or normal, and it matters."""
+    return stanza.tag == MESSAGE and stanza.get("type", "normal") in ("normal", "chat") and is_important(stanza)

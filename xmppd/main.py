@@ -70,6 +70,7 @@ def run(config: Config) -> int:
     asyncioreactor.install(loop)
     from twisted.internet import reactor
 
+    _raise_open_files_limit()
     state = Running(config)
     exit_code = [0]
 
@@ -86,6 +87,19 @@ def run(config: Config) -> int:
     reactor.addSystemEventTrigger("before", "shutdown", lambda: _as_deferred(state.stop()))
     reactor.run()
     return exit_code[0]
+
+
+def _raise_open_files_limit() -> None:
+    """Every client is a socket: use all the file descriptors the system allows (the soft limit is
+    often 1024, the hard one much higher)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+        except (ValueError, OSError) as error:
+            log.warning("could not raise the open files limit from %d: %s", soft, error)
 
 
 def _as_deferred(coroutine):
@@ -168,6 +182,8 @@ class Running:
         cancelled = await drain(timeout=10.0)
         if cancelled:
             log.warning("stopped %d tasks that did not finish in time", cancelled)
+        if self.server is not None:
+            await self.server.journal.close()   # messages recorded but not committed yet
         if self.storage is not None:
             await self.storage.close()
         log.info("xmppd stopped")

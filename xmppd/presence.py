@@ -126,7 +126,7 @@ class Presence:
         if session.closed:
             return
         for _, xml in pending:
-            session.deliver_bytes(xml.encode())
+            session.deliver_stored(xml.encode())
         # Then what else waited (offline messages). Awaited here, so that it reaches the client before
         # anything the session handles next.
         for hook in self.server.fire("initial-presence", session):

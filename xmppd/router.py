@@ -10,11 +10,13 @@ returning an awaitable only when storage must be asked.
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Awaitable
 
 from lxml import etree
 
 from .aio import settle
+from .importance import is_kept
 from .jid import JID, InvalidJID
 from .stanza import IQ, MESSAGE, PRESENCE, StanzaError, error_reply, serialize
 
@@ -129,13 +131,22 @@ class Router:
             top = max(s.priority for s in candidates)
             candidates = [s for s in candidates if s.priority == top]
         if candidates:
-            data = serialize(stanza)
-            for session in candidates:
-                session.deliver(stanza, data)
+            self._deliver_message(stanza, to.local, candidates)
             return None
         if message_type == "headline":
             return None
         return self._no_available_resource(stanza, to)
+
+    def _deliver_message(self, stanza: etree._Element, username: str, sessions) -> None:
+        """Write a message to these sessions of one account, serialised once. If a stream-managed
+        session is among them and the message is one the server keeps, it is recorded in the journal
+        first (without waiting for the commit), so that it survives until a client acknowledges it."""
+        data = serialize(stanza)
+        entry = None
+        if any(session.sm is not None for session in sessions) and is_kept(stanza):
+            entry = self.server.journal.add(username, data, datetime.now(timezone.utc))
+        for session in sessions:
+            session.deliver(stanza, data, entry)
 
     async def _no_available_resource(self, stanza: etree._Element, to: JID) -> None:
         if not await self.server.storage.user_exists(to.local):
@@ -153,7 +164,10 @@ class Router:
         if tag == PRESENCE:
             return self.server.modules["presence"].inbound(stanza, to)
         if session is not None:
-            session.deliver(stanza)
+            if tag == MESSAGE:
+                self._deliver_message(stanza, to.local, (session,))
+            else:
+                session.deliver(stanza)
             return None
         if tag == IQ:
             if stanza.get("type") in ("get", "set"):

@@ -19,6 +19,7 @@ from lxml import etree
 from .aio import run_soon
 from .config import Config
 from .jid import JID
+from .journal import Journal
 from .router import Router, require_owner
 from .session import Connection, Session
 from .stanza import StanzaError, iq_result, qname
@@ -47,6 +48,10 @@ class Server:
         self.domain = config.server.domain
         self.max_resources = config.c2s.max_resources_per_account
         self.sessions: dict[str, dict[str, Session]] = {}
+        # Messages that matter on their way to an account, durable before their sender's ack (journal.py).
+        self.journal = Journal(storage)
+        # The stream_mgmt module, when loaded: it keeps sessions whose connection broke (XEP-0198).
+        self.stream_mgmt: Any = None
         self.router = Router(self)
         self._iq_handlers: dict[tuple[str, str], IqHandler] = {}
         self._features: dict[str, set[str]] = defaultdict(set)
@@ -154,6 +159,13 @@ class Server:
         self.sessions.setdefault(bare, {})[resource] = session
         self.schedule(self.fire("session-bound", session), f"session-bound hooks for {session.full}")
         return session
+
+    def connection_lost(self, session: Session, *, resumable: bool) -> None:
+        """The session's connection is gone. If it broke rather than closed (`resumable`), stream
+        management may keep the session for a resumption (hibernation); else the session ends."""
+        if resumable and self.stream_mgmt is not None and self.stream_mgmt.hibernate(session):
+            return
+        self.unbind(session)
 
     def unbind(self, session: Session) -> None:
         """Take a session out of routing; modules see 'session-ended' (presence goes unavailable)."""

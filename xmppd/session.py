@@ -19,7 +19,9 @@ from .jid import JID
 from .stanza import serialize
 
 if TYPE_CHECKING:
+    from .journal import Entry
     from .server import Server
+    from .stream_mgmt import AckQueue
 
 log = logging.getLogger("xmppd.session")
 
@@ -35,15 +37,15 @@ class Connection(Protocol):
 
     def write(self, data: bytes) -> None: ...
     def close_stream(self, condition: str | None = None, text: str | None = None,
-                     reason: str = "") -> None: ...
+                     reason: str = "", app_error: bytes = b"") -> None: ...
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
 
 
 class Session:
     __slots__ = ("server", "connection", "username", "resource", "jid", "full", "bare", "bare_jid",
-                 "presence", "priority", "available", "roster_requested", "directed", "outbound_filter", "_inbox", "_busy", "_paused",
-                 "closed", "__weakref__")
+                 "presence", "priority", "available", "roster_requested", "directed", "outbound_filter", "sm", "_inbox",
+                 "_busy", "_paused", "closed", "__weakref__")
 
     def __init__(self, server: "Server", connection: Connection, username: str, resource: str) -> None:
         self.server = server
@@ -62,6 +64,7 @@ class Session:
         # Set by a module that decides when stanzas go out (XEP-0352 CSI holds unimportant ones while the
         # client is inactive): filter(element or None, data) returns the bytes to write now, in order.
         self.outbound_filter: Callable[[etree._Element | None, bytes], list[bytes]] | None = None
+        self.sm: "AckQueue | None" = None             # XEP-0198 state once the client enabled it
         self._inbox: deque = deque()   # stanzas, and callables for nonzas, in the order they came
         self._busy = False
         self._paused = False
@@ -71,28 +74,40 @@ class Session:
         return f"<Session {self.full}>"
 
     # ------------------------------------------------------------ outbound
-    def deliver(self, element: etree._Element, data: bytes | None = None) -> None:
-        """Write a stanza to this client. Fan-out passes `data`, serialised once for all recipients."""
+    def deliver(self, element: etree._Element, data: bytes | None = None, entry: "Entry | None" = None) -> None:
+        """Write a stanza to this client. Fan-out passes `data`, serialised once for all recipients; a
+        message that matters comes with its journal `entry`, settled once the client has it."""
         if self.closed:
             return
         if data is None:
             data = serialize(element)
         if self.outbound_filter is None:
-            self.connection.write(data)
+            self.transmit(data, entry)
             return
         for chunk in self.outbound_filter(element, data):
-            self.connection.write(chunk)
+            self.transmit(chunk, entry if chunk is data else None)
 
-    def deliver_bytes(self, data: bytes) -> None:
+    def deliver_stored(self, data: bytes, entry: "Entry | None" = None) -> None:
         """Write a stanza that is stored serialised (offline messages, subscription requests): it matters,
         so a filter lets it out at once, after what it held."""
         if self.closed:
             return
         if self.outbound_filter is None:
-            self.connection.write(data)
+            self.transmit(data, entry)
             return
         for chunk in self.outbound_filter(None, data):
-            self.connection.write(chunk)
+            self.transmit(chunk, entry if chunk is data else None)
+
+    def transmit(self, data: bytes, entry: "Entry | None" = None) -> None:
+        """The one way a stanza leaves the session. With stream management it waits in the queue until
+        the client acknowledges it; without, written to the socket is as delivered as it gets, so the
+        journal forgets the message at once."""
+        if self.sm is not None:
+            self.server.stream_mgmt.transmit(self, data, entry)
+            return
+        self.connection.write(data)
+        if entry is not None:
+            self.server.journal.finish(entry)
 
     # ------------------------------------------------------------ inbound, in order
     def handle(self, item: "etree._Element | Callable[[], None]") -> None:
@@ -126,6 +141,13 @@ class Session:
             self.connection.resume_reading()
         return item
 
+    def idle(self) -> "asyncio.Future[None]":
+        """Resolves once everything the client sent so far has been handled (a resumption reports h only
+        then)."""
+        done = asyncio.get_running_loop().create_future()
+        self.handle(lambda: done.done() or done.set_result(None))
+        return done
+
     def _process(self, item: "etree._Element | Callable[[], None]"):
         if callable(item):
             try:
@@ -133,6 +155,8 @@ class Session:
             except Exception:
                 log.exception("handling a nonza from %s failed", self.full)
             return None
+        if self.sm is not None:
+            self.sm.received()
         try:
             return self.server.router.from_client(self, item)
         except Exception:

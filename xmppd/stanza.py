@@ -7,6 +7,7 @@ these helpers keep the namespace bookkeeping in one place.
 from __future__ import annotations
 
 from copy import deepcopy
+from datetime import datetime, timezone
 
 from lxml import etree
 
@@ -104,6 +105,27 @@ def error_reply(stanza: etree._Element, condition: str, text: str | None = None,
         text_element = etree.SubElement(error, qname(NS_STANZAS, "text"), nsmap={None: NS_STANZAS})
         text_element.text = text
     return reply
+
+
+# For stanzas the server serialised itself (never client bytes): no entities, no network, just in case.
+STORED_PARSER = etree.XMLParser(resolve_entities=False, no_network=True)
+
+
+def with_delay(data: bytes, when: datetime, from_: str, text: str | None = None) -> bytes:
+    """A serialised message or presence with a XEP-0203 stamp saying when the server got it, for a
+    stanza handed over late (offline storage, a resumption); one that is stamped already keeps its
+    stamp, and other stanzas come back unchanged."""
+    if not (data.startswith(b"<message") or data.startswith(b"<presence")):
+        return data
+    element = etree.fromstring(data, STORED_PARSER)
+    if element.find(qname(NS_DELAY, "delay")) is not None:
+        return data
+    delay = etree.SubElement(element, qname(NS_DELAY, "delay"), nsmap={None: NS_DELAY})
+    delay.set("from", from_)
+    delay.set("stamp", when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    if text:
+        delay.text = text
+    return serialize(element)
 
 
 def serialize(element: etree._Element) -> bytes:

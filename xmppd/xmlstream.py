@@ -529,12 +529,13 @@ def stream_header(*, from_: str, stream_id: str, to: str | None = None, version:
     return f"<?xml version='1.0'?><stream:stream {body}>".encode()
 
 
-def stream_error(condition: str, text: str | None = None) -> bytes:
+def stream_error(condition: str, text: str | None = None, app_error: bytes = b"") -> bytes:
     """Bytes of <stream:error><condition xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>[<text ...>]</stream:error>
-    (the stream: prefix must be usable inside an already-open stream whose root declares xmlns:stream)."""
+    (the stream: prefix must be usable inside an already-open stream whose root declares xmlns:stream).
+    `app_error` is an application-specific condition element (RFC 6120 §4.9.4), already serialised."""
     if condition not in STREAM_ERROR_CONDITIONS:
         raise ValueError(f"{condition!r} is not an RFC 6120 stream error condition")
     out = f"<stream:error><{condition} xmlns='{NS_STREAM_ERRORS}'/>"
     if text:
         out += f"<text xmlns='{NS_STREAM_ERRORS}'>{_escape(text, _TEXT_ESCAPES)}</text>"
-    return (out + "</stream:error>").encode()
+    return out.encode() + app_error + b"</stream:error>"

@@ -13,6 +13,8 @@ the return value already reports it (set_credentials).
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
+from datetime import datetime
 
 from .models import RosterItem, ScramCredentials
 
@@ -140,6 +142,38 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def count_offline(self, username: str) -> int:
         """Number of messages kept for the user."""
+
+    # -- the message queue (journal.py) -----------------------------------------------
+    # The same table, written in group commits: one row per message per recipient
+    # account, deleted once the recipient has the message. A row nobody is delivering
+    # is an offline message.
+
+    @abc.abstractmethod
+    async def write_message_queue(
+        self, appends: Sequence[tuple[str, str, datetime, int | None]], deletes: Sequence[int]
+    ) -> list[int | None]:
+        """One transaction: delete the rows with these ids, then add each (username, stanza_xml, received_at, max_messages).
+
+        Deleted ids may be any user's; unknown ones are ignored. Appends are
+        inserted in order, and the returned list gives each one's new id
+        (increasing in append order), or None where the append was refused,
+        storing nothing: the user does not exist (deleted meanwhile; the rest of
+        the batch must not fail for it), or max_messages is not None and the user
+        has that many rows already, counting those added earlier in this call.
+        received_at is an aware datetime; it comes back as UTC with its
+        microseconds. Either everything is committed or, with StorageError,
+        nothing is.
+        """
+
+    @abc.abstractmethod
+    async def list_queued(
+        self, username: str, *, after: int = 0, limit: int | None = None
+    ) -> list[tuple[int, str, datetime]]:
+        """(id, stanza_xml, received_at) of the user's rows with ids above `after`, oldest first; at most limit.
+
+        received_at is an aware UTC datetime (for rows written by store_offline,
+        the time they were stored, to the second).
+        """
 
     # -- server-wide settings -------------------------------------------------
 

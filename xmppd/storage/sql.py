@@ -19,8 +19,9 @@ from __future__ import annotations
 import abc
 import enum
 import operator
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from .base import Storage, StorageError
@@ -160,6 +161,26 @@ class SQLStorage(Storage):
 
     async def count_offline(self, username: str) -> int:
         return await self._run(_count_offline, username)
+
+    async def write_message_queue(
+        self, appends: Sequence[tuple[str, str, datetime, int | None]], deletes: Sequence[int]
+    ) -> list[int | None]:
+        rows = []
+        for username, stanza_xml, received_at, max_messages in appends:
+            if max_messages is not None and max_messages < 0:
+                raise ValueError(f"max_messages must not be negative, not {max_messages!r}")
+            rows.append((username, stanza_xml, _timestamp_param(received_at), max_messages))
+        unique_deletes = sorted({operator.index(i) for i in deletes})
+        if not rows and not unique_deletes:
+            return []
+        return await self._run(_write_message_queue, rows, unique_deletes)
+
+    async def list_queued(
+        self, username: str, *, after: int = 0, limit: int | None = None
+    ) -> list[tuple[int, str, datetime]]:
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must not be negative, not {limit!r}")
+        return await self._run(_list_queued, username, operator.index(after), limit)
 
     async def get_setting(self, key: str) -> str | None:
         return await self._run(_get_setting, key)
@@ -404,21 +425,27 @@ def _list_offline(username, limit):
     return [(message_id, stanza_xml) for message_id, stanza_xml in rows]
 
 
-# Ids per DELETE statement. A batch is padded (repeating its last id) to a power of two,
+# Values per IN (...) list. A batch is padded (repeating its last value) to a power of two,
 # so at most ten statement texts exist: few prepared statements on PostgreSQL, and far
 # below either database's limit on parameters.
 _OFFLINE_DELETE_BATCH = 512
 
 
+def _in_lists(values: Sequence[Any]) -> Iterator[tuple[str, list[Any]]]:
+    """(placeholders, parameters) for IN lists covering the values, padded as described above."""
+    for start in range(0, len(values), _OFFLINE_DELETE_BATCH):
+        batch = list(values[start : start + _OFFLINE_DELETE_BATCH])
+        size = 1 << (len(batch) - 1).bit_length()
+        batch += batch[-1:] * (size - len(batch))
+        yield ", ".join("?" * size), batch
+
+
 def _delete_offline_ids(username, ids):
     """Delete the user's messages with these ids (distinct); the number deleted."""
     deleted = 0
-    for start in range(0, len(ids), _OFFLINE_DELETE_BATCH):
-        batch = ids[start : start + _OFFLINE_DELETE_BATCH]
-        size = 1 << (len(batch) - 1).bit_length()
-        batch += batch[-1:] * (size - len(batch))
+    for placeholders, batch in _in_lists(ids):
         deleted += yield execute(
-            f"DELETE FROM offline_messages WHERE username = ? AND id IN ({', '.join('?' * size)})", username, *batch
+            f"DELETE FROM offline_messages WHERE username = ? AND id IN ({placeholders})", username, *batch
         )
     return deleted
 
@@ -436,6 +463,100 @@ def _delete_offline_in_batches(username, ids):
 def _count_offline(username):
     [(count,)] = yield select("SELECT COUNT(*) FROM offline_messages WHERE username = ?", username)
     return count
+
+
+# -- the message queue (group commits of offline_messages rows) ---------------------
+# stored_at holds the time the server received the message. SQLite has no time type:
+# there it is text in UTC, 'YYYY-MM-DD HH:MM:SS.ffffff+00:00', which sorts in time
+# order with the 'YYYY-MM-DD HH:MM:SS' that CURRENT_TIMESTAMP wrote for older rows.
+# PostgreSQL casts the same text to TIMESTAMPTZ, the explicit offset making the
+# session's time zone irrelevant.
+
+# Rows per multi-row INSERT; a chunk's size is a power of two (at most nine statement
+# texts), 3 parameters a row.
+_QUEUE_INSERT_BATCH = 256
+
+
+def _timestamp_param(moment: datetime) -> str:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"received_at must be an aware datetime, not {moment!r}")
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00:00")
+
+
+def _utc(value: datetime | str) -> datetime:
+    """A stored_at value, as the driver returns it, as an aware UTC datetime."""
+    if isinstance(value, str):  # SQLite
+        value = datetime.fromisoformat(value)
+        if value.tzinfo is None:  # CURRENT_TIMESTAMP: UTC without an offset
+            return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def _chunk_sizes(count: int) -> Iterator[int]:
+    """Split count into powers of two of at most _QUEUE_INSERT_BATCH, largest first."""
+    while count:
+        size = min(_QUEUE_INSERT_BATCH, 1 << (count.bit_length() - 1))
+        yield size
+        count -= size
+
+
+@atomic
+def _write_message_queue(appends, deletes):
+    # Order of locks, so that this cannot deadlock with delete_user (which locks the
+    # users row, then the rows its cascade deletes): first the no-op update locks the
+    # appended users' rows (as in _store_offline: it tells which users exist, holds
+    # them against deletion, serializes quota counting with concurrent writers and
+    # keeps each user's ids in commit order), then the deletes, then the inserts.
+    users = sorted({username for username, _, _, _ in appends})
+    existing = set()
+    for placeholders, batch in _in_lists(users):
+        rows = yield select(
+            f"UPDATE users SET roster_version = roster_version WHERE username IN ({placeholders}) RETURNING username",
+            *batch,
+        )
+        existing.update(username for (username,) in rows)
+    for placeholders, batch in _in_lists(deletes):
+        yield execute(f"DELETE FROM offline_messages WHERE id IN ({placeholders})", *batch)
+    counted = sorted({username for username, _, _, limit in appends if limit is not None and username in existing})
+    counts = dict.fromkeys(counted, 0)
+    for placeholders, batch in _in_lists(counted):
+        rows = yield select(
+            f"SELECT username, COUNT(*) FROM offline_messages WHERE username IN ({placeholders}) GROUP BY username",
+            *batch,
+        )
+        counts.update(rows)
+    accepted = []  # positions in appends
+    for position, (username, _, _, limit) in enumerate(appends):
+        if username not in existing:
+            continue
+        if username in counts:  # every row counts, also those appended without a quota
+            if limit is not None and counts[username] >= limit:
+                continue
+            counts[username] += 1
+        accepted.append(position)
+    ids: list[int | None] = [None] * len(appends)
+    start = 0
+    for size in _chunk_sizes(len(accepted)):
+        chunk = accepted[start : start + size]
+        start += size
+        params = [value for position in chunk for value in appends[position][:3]]
+        rows = yield select(
+            "INSERT INTO offline_messages (username, stanza_xml, stored_at) VALUES "
+            + ", ".join(["(?, ?, ?)"] * size)
+            + " RETURNING id",
+            *params,
+        )
+        # Both databases number the rows of one VALUES list in its order, but neither
+        # promises the order of RETURNING: match sorted ids to the rows.
+        for position, new_id in zip(chunk, sorted(new_id for (new_id,) in rows), strict=True):
+            ids[position] = new_id
+    return ids
+
+
+def _list_queued(username, after, limit):
+    sql = "SELECT id, stanza_xml, stored_at FROM offline_messages WHERE username = ? AND id > ? ORDER BY id"
+    rows = yield (select(sql, username, after) if limit is None else select(sql + " LIMIT ?", username, after, limit))
+    return [(message_id, stanza_xml, _utc(stored_at)) for message_id, stanza_xml, stored_at in rows]
 
 
 # -- settings ---------------------------------------------------------------------
