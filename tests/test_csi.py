@@ -206,7 +206,7 @@ class FakeConnection:
     def write(self, data: bytes) -> None:
         self.written.append(data)
 
-    def close_stream(self, condition=None, text=None, reason="") -> None:
+    def close_stream(self, condition=None, text=None, reason="", app_error=b"") -> None:
         pass
 
     def pause_reading(self) -> None:

@@ -116,3 +116,123 @@ def test_wire_format():
     assert "h" not in etree.fromstring(failed_bytes("unexpected-request")).attrib
     too_high = etree.fromstring(too_high_bytes(HandledCountTooHigh(9, 4)))
     assert (too_high.tag, too_high.get("h"), too_high.get("send-count")) == (ns + "handled-count-too-high", "9", "4")
+
+
+# ---------------------------------------------------------------- the module, with Twisted's Clock
+def module_setup(**settings):
+    import dataclasses
+
+    from twisted.internet.task import Clock
+
+    from tests.fakes import FakeConnection
+    from xmppd.config import default_config
+    from xmppd.server import Server
+    from xmppd.stream_mgmt import StreamManagementModule
+
+    config = default_config()
+    config = dataclasses.replace(config, stream_mgmt=dataclasses.replace(config.stream_mgmt, **settings))
+    server = Server(config, storage=None)
+    clock = Clock()
+    clock.advance(1_000_000)
+    module = StreamManagementModule(server, clock)
+    connection = FakeConnection()
+    session = server.bind(connection, "bob", "phone")
+    return server, module, clock, session, connection
+
+
+def enable(server, session, **attributes) -> None:
+    from xmppd.stream_mgmt import ENABLE
+
+    server.nonza_handler(ENABLE)(session, etree.Element(ENABLE, {k: str(v) for k, v in attributes.items()}))
+
+
+def answer(server, session, h) -> None:
+    from xmppd.stream_mgmt import ANSWER
+
+    server.nonza_handler(ANSWER)(session, etree.Element(ANSWER, h=str(h)))
+
+
+def message(n: int) -> etree._Element:
+    stanza = etree.Element("{jabber:client}message", {"from": "alice@localhost/pc", "id": str(n)})
+    return stanza
+
+
+def test_module_enable_answers_and_caps_the_window():
+    server, module, _, session, connection = module_setup(resume_timeout=300)
+    assert [e.tag for e in server.stream_features()] == ["{urn:xmpp:sm:3}sm"]
+    enable(server, session, resume="true", max=900)
+    enabled = connection.take()[0]
+    assert enabled.tag == "{urn:xmpp:sm:3}enabled" and enabled.get("max") == "300"
+    enable(server, session)
+    assert connection.take()[0][0].tag == "{urn:ietf:params:xml:ns:xmpp-stanzas}unexpected-request"
+
+
+def test_module_asks_for_acks_and_forgets_what_was_acknowledged():
+    server, module, clock, session, connection = module_setup(request_after_stanzas=3, request_after_seconds=5)
+    enable(server, session)
+    connection.take()
+    session.deliver(message(1))
+    assert [e.tag for e in connection.take()] == ["{jabber:client}message"]
+    clock.advance(5)                                   # one stanza waited request_after_seconds
+    assert [e.tag for e in connection.take()] == ["{urn:xmpp:sm:3}r"]
+    session.deliver(message(2))
+    session.deliver(message(3))
+    session.deliver(message(4))
+    assert [e.tag for e in connection.take()].count("{urn:xmpp:sm:3}r") == 0   # one request is out
+    answer(server, session, 4)
+    assert len(session.sm.queue) == 0 and clock.getDelayedCalls() == []
+
+
+def test_module_an_unanswered_request_closes_the_connection_as_timed_out():
+    server, module, clock, session, connection = module_setup(request_after_stanzas=1, ack_timeout=30)
+    enable(server, session, resume="true")
+    session.deliver(message(1))
+    clock.advance(29)
+    assert connection.closed is None
+    clock.advance(1)
+    assert connection.closed[0] == "connection-timeout"
+
+
+def test_module_too_high_h_ends_the_stream():
+    server, module, clock, session, connection = module_setup()
+    enable(server, session)
+    session.deliver(message(1))
+    answer(server, session, 2)
+    assert connection.closed[0] == "undefined-condition"
+
+
+def test_module_hibernation_queues_then_expires_and_remembers_h():
+    server, module, clock, session, connection = module_setup(resume_timeout=60)
+    enable(server, session, resume="true")
+    resume_id = session.sm.resume_id
+    session.sm.received()
+    server.connection_lost(session, resumable=True)
+    assert module.hibernated == 1 and server.session(session.jid) is session
+    connection.take()
+    session.deliver(message(1))
+    assert connection.take() == [] and len(session.sm.queue) == 1   # queued, nothing written
+    clock.advance(59)
+    assert not session.closed
+    clock.advance(1)
+    assert session.closed and server.session(session.jid) is None
+    assert module.hibernated == 0
+    assert module._ended[resume_id][:2] == ("bob", 1)
+
+
+def test_module_a_clean_close_ends_a_resumable_session():
+    server, module, clock, session, connection = module_setup()
+    enable(server, session, resume="true")
+    server.connection_lost(session, resumable=False)
+    assert session.closed and module.hibernated == 0
+
+
+def test_module_overflow_answers_iqs_and_drops_presence_when_full():
+    server, module, clock, session, connection = module_setup(max_queue=10, request_after_stanzas=100)
+    enable(server, session, resume="true")
+    server.connection_lost(session, resumable=True)
+    for n in range(10):
+        session.deliver(message(n))
+    assert len(session.sm.queue) == 10 and not session.sm.overflowed
+    presence = etree.Element("{jabber:client}presence", {"from": "alice@localhost/pc"})
+    session.deliver(presence)
+    assert session.sm.overflowed and len(session.sm.queue) == 10     # nothing overwritten

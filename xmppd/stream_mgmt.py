@@ -139,6 +139,7 @@ class AckQueue:
         self.requested_at = None
         done = [self.queue.popleft() for _ in range(count)]
         self.acked = (self.acked + count) % WRAP
+        self._unrequested = min(self._unrequested, len(self.queue))   # an ack may cover them too
         return done
 
     def deadline(self) -> float | None:
