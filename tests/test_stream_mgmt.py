@@ -216,3 +216,46 @@ def test_a_client_that_stops_reading_is_detected_and_hibernated(xmppd):
         await fresh.close()
         await bob.close()
     run(scenario())
+
+
+def test_an_iq_for_a_session_whose_window_ends_gets_an_error(xmppd):
+    alice = client(xmppd, "alice", auto_ack=False)
+    bob = client(xmppd, "bob")
+
+    async def scenario():
+        await alice.login(sm=True)
+        await bob.login()
+        alice.abort()
+        await asyncio.sleep(0.3)
+        reply = await bob.iq(f"<iq type='get' id='{{id}}' to='{alice.jid}'>"
+                             "<query xmlns='jabber:iq:version'/></iq>", timeout=8)
+        assert reply.get("type") == "error"
+        assert reply.find("{jabber:client}error/{urn:ietf:params:xml:ns:xmpp-stanzas}service-unavailable") \
+            is not None
+        await bob.close()
+    run(scenario())
+
+
+def test_what_csi_held_is_handed_over_on_resumption(xmppd):
+    alice = client(xmppd, "alice", auto_ack=False)
+    bob = client(xmppd, "bob")
+
+    async def scenario():
+        await alice.login(sm=True)
+        await bob.login()
+        alice.write(b"<inactive xmlns='urn:xmpp:csi:0'/>")
+        await asyncio.sleep(0.2)
+        alice_bare = alice.jid.split("/")[0]
+        bob.send_raw(f"<message to='{alice_bare}' type='chat' id='cs1'>"
+                     "<composing xmlns='http://jabber.org/protocol/chatstates'/></message>".encode())
+        await asyncio.sleep(0.3)
+        assert alice.received == []          # held: a chat state does not wake an inactive client
+        alice.abort()
+        await asyncio.sleep(0.3)
+        await alice.connect()
+        alice.h_in = 0
+        assert (await alice.resume()).resumed
+        await alice.wait_until(lambda: any(message.id == "cs1" for message in alice.received))
+        await alice.close()
+        await bob.close()
+    run(scenario())
