@@ -38,6 +38,9 @@ class FakeStorage:
         self.failures: list[BaseException] = []  # raised by the next calls, in order
         self.hold = False
         self.proceed = asyncio.Semaphore(0)  # with hold: one release() lets one call finish
+        # With hold: commit at once, then hold the answer (the rows are visible, the journal does not know yet).
+        self.commit_then_hold = False
+        self.read_gate: asyncio.Event | None = None  # list_queued takes its snapshot, then waits for this
         self.in_flight = 0
         self.max_in_flight = 0
 
@@ -46,26 +49,40 @@ class FakeStorage:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            if self.hold:
+            if self.hold and not self.commit_then_hold:
                 await self.proceed.acquire()
             else:
                 await asyncio.sleep(0)
             if self.failures:
                 raise self.failures.pop(0)
-            for row_id in deletes:
-                self.rows.pop(row_id, None)
-            ids = []
-            for username, xml, _, limit in appends:
-                count = sum(1 for user, _ in self.rows.values() if user == username)
-                if username not in self.users or (limit is not None and count >= limit):
-                    ids.append(None)
-                else:
-                    self.rows[self.next_id] = (username, xml)
-                    ids.append(self.next_id)
-                    self.next_id += 1
+            ids = self._apply(appends, deletes)
+            if self.hold and self.commit_then_hold:
+                await self.proceed.acquire()
             return ids
         finally:
             self.in_flight -= 1
+
+    def _apply(self, appends, deletes):
+        for row_id in deletes:
+            self.rows.pop(row_id, None)
+        ids = []
+        for username, xml, _, limit in appends:
+            count = sum(1 for user, _ in self.rows.values() if user == username)
+            if username not in self.users or (limit is not None and count >= limit):
+                ids.append(None)
+            else:
+                self.rows[self.next_id] = (username, xml)
+                ids.append(self.next_id)
+                self.next_id += 1
+        return ids
+
+    async def list_queued(self, username, *, after=0, limit=None):
+        rows = [(i, xml, T0) for i, (user, xml) in sorted(self.rows.items()) if user == username and i > after]
+        if self.read_gate is not None:
+            await self.read_gate.wait()
+        else:
+            await asyncio.sleep(0)
+        return rows[:limit] if limit is not None else rows
 
 
 async def turns(n: int = 5) -> None:
@@ -326,6 +343,59 @@ def test_adopt():
     scenario(body)
 
 
+# -- reading rows for offline delivery ----------------------------------------------------------
+
+
+def test_read_queued_accounts_for_a_commit_whose_answer_is_on_its_way():
+    """The database committed a claimed entry's row, the journal has not seen the answer yet."""
+
+    async def body():
+        fake = FakeStorage()
+        fake.hold = fake.commit_then_hold = True
+        journal = Journal(fake)
+        entry = journal.add("alice", message("live"), T0)
+        journal.claim(entry)  # a stream-management queue holds it
+        await turns()
+        [(row_id, _, _)] = await fake.list_queued("alice")  # visible in the database already
+        assert not journal.in_hand(row_id)  # what a bare list_queued() reader would go by
+        reader = asyncio.create_task(journal.read_queued("alice"))
+        await turns()
+        assert not reader.done()  # it waits for the answer of the commit it may have seen
+        fake.proceed.release()
+        rows = await asyncio.wait_for(reader, 1)
+        assert [r[0] for r in rows] == [row_id] and journal.in_hand(row_id)
+
+    scenario(body)
+
+
+def test_read_queued_keeps_rows_deleted_under_it_in_hand():
+    """The read's snapshot has the row; its delete commits before the reader looks at it."""
+
+    async def body():
+        fake = FakeStorage()
+        journal = Journal(fake)
+        entry = journal.add("alice", message("acked"), T0)
+        journal.claim(entry)
+        await journal.barrier()
+        fake.read_gate = asyncio.Event()
+        reader = asyncio.create_task(journal.read_queued("alice"))
+        await turns()  # the snapshot is taken
+        journal.finish(entry)  # the client acknowledges it
+        await journal.flush(1)  # and the delete is committed
+        assert entry.id not in fake.rows
+        fake.read_gate.set()
+        rows = await asyncio.wait_for(reader, 1)
+        assert [r[0] for r in rows] == [entry.id]
+        assert journal.in_hand(entry.id)  # so offline delivery skips the stale row
+        # Once no read is under way, the next commit forgets it.
+        fake.read_gate = None
+        other = journal.add("alice", message("other"), T0)
+        await journal.barrier()
+        assert not journal.in_hand(entry.id) and not journal.in_hand(other.id)
+
+    scenario(body)
+
+
 # -- refusal -------------------------------------------------------------------------------
 
 
@@ -514,7 +584,7 @@ def test_journal_on_storage(storage):
         journal = Journal(storage)
         adopted = []
         for user in ("alice", "bob"):
-            for row_id, _, received_at in await storage.list_queued(user, limit=3):
+            for row_id, _, received_at in await journal.read_queued(user, limit=3):
                 entry = journal.adopt(user, row_id, received_at)
                 journal.claim(entry)
                 assert journal.in_hand(row_id)

@@ -100,6 +100,8 @@ class Journal:
         self._in_flight: list[Entry] = []  # appends of the call under way
         self._deletes: list[int] = []  # row ids waiting for the next call
         self._in_hand: dict[int, Entry] = {}  # committed rows claimed by a queue, or finished but not yet deleted
+        self._readers = 0  # read_queued() calls under way
+        self._deleted_under_readers: set[int] = set()  # rows deleted while a read_queued() was under way
         self._barriers: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
         self._added = 0  # entries ever added: the sequence number of the newest
         self._writer: asyncio.Task | None = None
@@ -219,7 +221,29 @@ class Journal:
 
     def in_hand(self, row_id: int) -> bool:
         """The row is claimed by a queue or finished: offline delivery must skip it."""
-        return row_id in self._in_hand
+        return row_id in self._in_hand or row_id in self._deleted_under_readers
+
+    async def read_queued(
+        self, username: str, *, after: int = 0, limit: int | None = None
+    ) -> list[tuple[int, str, datetime]]:
+        """storage.list_queued(), read so that in_hand() is exact for the rows until the caller's next await.
+
+        Offline delivery reads with this, then checks in_hand() and adopts and
+        claims each row before it awaits anything. A bare list_queued() is not
+        enough: the database answers on its own schedule, so (1) a row of a
+        commit whose result this journal has not processed yet would look free
+        although a queue claimed it (the barrier after the read waits for that
+        result), and (2) a row deleted just after the read's snapshot would look
+        free once the delete is processed (such rows stay in hand until the next
+        commit finds no read under way). Either would deliver a message twice.
+        """
+        self._readers += 1
+        try:
+            rows = await self.storage.list_queued(username, after=after, limit=limit)
+            await self.barrier()
+        finally:
+            self._readers -= 1
+        return rows
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything added or finished so far (and meanwhile) is written; False on timeout."""
@@ -358,10 +382,16 @@ class Journal:
 
     def _committed(self, appends: list[Entry], ids: list[int | None], deletes: list[int]) -> None:
         self.commits += 1
+        if not self._readers:
+            # This runs in the writer's own task step: every reader has finished the
+            # synchronous checks after its read_queued() by now.
+            self._deleted_under_readers.clear()
         for row_id in deletes:
             entry = self._in_hand.get(row_id)
             if entry is not None and entry.finished:
                 del self._in_hand[row_id]
+                if self._readers:
+                    self._deleted_under_readers.add(row_id)
         self.deleted += len(deletes)
         for entry, row_id in zip(appends, ids, strict=True):
             if row_id is None:

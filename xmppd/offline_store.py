@@ -91,12 +91,13 @@ class OfflineStore:
             log.info("offline messages for %s: %d delivered", session.full, delivered)
 
     async def _deliver_once(self, session: "Session") -> int:
-        storage = self.server.storage
         await self.journal.barrier()   # messages recorded before this moment are readable
         delivered = 0
         after = 0
         while not session.closed:
-            rows = await storage.list_queued(session.username, after=after, limit=DELIVERY_BATCH)
+            # Each row is checked, adopted and claimed (or finished) before the next await, as
+            # read_queued() requires, so that no other reader hands it out too.
+            rows = await self.journal.read_queued(session.username, after=after, limit=DELIVERY_BATCH)
             for row_id, xml, received_at in rows:
                 after = row_id
                 if session.closed:
