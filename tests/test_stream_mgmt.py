@@ -259,3 +259,27 @@ def test_what_csi_held_is_handed_over_on_resumption(xmppd):
         await alice.close()
         await bob.close()
     run(scenario())
+
+
+def test_resuming_while_the_old_connection_is_open_closes_it(xmppd):
+    alice = client(xmppd, "alice", auto_ack=False)
+    bob = client(xmppd, "bob")
+
+    async def scenario():
+        await alice.login(sm=True)
+        await bob.login()
+        alice_bare = alice.jid.split("/")[0]
+        bob.send_message(alice_bare, "while-open")
+        await alice.wait_until(lambda: len(bodies(alice.received)) == 1)
+        second = LeanClient(f"{alice.username}@{alice.domain}", alice.password, port=xmppd.port)
+        second.sm_id = alice.sm_id
+        await second.connect()
+        assert (await second.resume()).resumed
+        await alice.wait_until(lambda: alice.stream_error is not None, timeout=5)
+        assert alice.stream_error == "conflict"
+        await second.wait_until(lambda: bodies(second.received) == ["while-open"])
+        bob.send_message(alice_bare, "after")
+        await second.wait_until(lambda: bodies(second.received) == ["while-open", "after"])
+        await second.close()
+        await bob.close()
+    run(scenario())
