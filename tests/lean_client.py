@@ -160,6 +160,7 @@ class LeanClient:
         self.acks_received = 0            # <a/> elements seen
         self.requests_received = 0        # <r/> elements seen
         self.protocol_errors: list[str] = []   # the server broke XEP-0198 (an h that acks too much …)
+        self.on_ack: Callable[["LeanClient"], None] | None = None   # called after each <a/> is counted
 
     # ------------------------------------------------------------------ connecting
     async def connect(self, timeout: float = 10.0) -> "LeanClient":
@@ -480,6 +481,8 @@ class LeanClient:
         elif tag == f"{{{NS_SM}}}a":
             self.acks_received += 1
             self._on_ack(int(element.get("h")))
+            if self.on_ack is not None:
+                self.on_ack(self)
         elif tag == f"{{{NS_STREAMS}}}error":
             self.stream_error = next((etree.QName(child).localname for child in element), "undefined-condition")
             self._events.put_nowait(element)

@@ -24,6 +24,10 @@ SUBSCRIBE = "<presence xmlns='jabber:client' from='{}' to='alice@example.org' ty
 MESSAGE = "<message xmlns='jabber:client' from='bob@example.org/x' to='{}@example.org' type='chat'><body>{}</body></message>"
 
 
+UTC = datetime.timezone.utc
+T0 = datetime.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+
+
 def raw(storage, sql_text, *params):
     """Rows of a query run through the backend's own driver (to look under the API)."""
 
@@ -32,6 +36,34 @@ def raw(storage, sql_text, *params):
 
     script.__name__ = "raw"
     return run(storage._run(script))
+
+
+def queued(storage, username, **kwargs):
+    return run(storage.list_queued(username, **kwargs))
+
+
+def messages(storage, username, **kwargs):
+    """(id, stanza_xml) of the user's queued rows, oldest first."""
+    return [(message_id, stanza_xml) for message_id, stanza_xml, _ in queued(storage, username, **kwargs)]
+
+
+def append(storage, username, stanza_xml, max_messages=None):
+    """Queue one message in a call of its own: its id, or None if it was refused."""
+    [new_id] = run(storage.write_message_queue([(username, stanza_xml, T0, max_messages)], []))
+    return new_id
+
+
+def delete(storage, ids):
+    """Delete rows by id in a call of its own."""
+    assert run(storage.write_message_queue([], ids)) == []
+
+
+def _legacy_row(username, stanza_xml):
+    """Insert a row as versions before the message queue did: stored_at from the database's clock."""
+    [(new_id,)] = yield select(
+        "INSERT INTO offline_messages (username, stanza_xml) VALUES (?, ?) RETURNING id", username, stanza_xml
+    )
+    return new_id
 
 
 # -- accounts ---------------------------------------------------------------
@@ -82,7 +114,7 @@ def test_delete_user_removes_everything(storage):
         run(storage.set_roster_item(user, RosterItem("carol@example.org", "Carol", "both", groups=["A", "B"])))
         run(storage.add_pending_subscription(user, "dave@example.org", SUBSCRIBE.format("dave@example.org")))
         run(storage.set_vcard(user, "<vCard xmlns='vcard-temp'><FN>x</FN></vCard>"))
-        run(storage.store_offline(user, MESSAGE.format(user, "hi"), max_messages=10))
+        assert append(storage, user, MESSAGE.format(user, "hi"), max_messages=10) is not None
     assert run(storage.delete_user("alice")) is True
     assert run(storage.delete_user("alice")) is False
     assert run(storage.user_exists("alice")) is False
@@ -96,9 +128,9 @@ def test_delete_user_removes_everything(storage):
     assert run(storage.list_pending_subscriptions("alice")) == []
     assert run(storage.get_vcard("alice")) is None
     assert run(storage.get_credentials("alice", "SCRAM-SHA-1")) is None
-    assert run(storage.list_offline("alice")) == []
+    assert queued(storage, "alice") == []
     assert run(storage.get_roster("bob"))[1][0].groups == ["A", "B"]
-    assert [xml for _, xml in run(storage.list_offline("bob"))] == [MESSAGE.format("bob", "hi")]
+    assert [xml for _, xml, _ in queued(storage, "bob")] == [MESSAGE.format("bob", "hi")]
 
 
 # -- roster -----------------------------------------------------------------------
@@ -167,7 +199,7 @@ def test_roster_unicode(storage):
 
 
 def test_roster_rejects_bad_input(storage):
-    with pytest.raises(StorageError, match="no such user 'ghost'"):
+    with pytest.raises(StorageError, match="set_roster_item: no such user 'ghost'"):
         run(storage.set_roster_item("ghost", RosterItem("bob@example.org", groups=["G"])))
     assert run(storage.get_roster("ghost")) == (0, [])
     assert run(storage.get_roster_version("ghost")) == 0
@@ -234,31 +266,34 @@ def test_pending_subscriptions(storage):
 def test_offline_messages_keep_their_order(storage):
     run(storage.create_user("alice", {}))
     run(storage.create_user("bob", {}))
-    assert run(storage.list_offline("alice")) == []
+    assert queued(storage, "alice") == []
     assert run(storage.count_offline("alice")) == 0
     stored = []
     for i in range(6):
         # Interleaved with another user's messages: each user's come back in their own order.
-        stored.append((run(storage.store_offline("alice", MESSAGE.format("alice", i), max_messages=100)), MESSAGE.format("alice", i)))
-        run(storage.store_offline("bob", MESSAGE.format("bob", i), max_messages=100))
+        stored.append((append(storage, "alice", MESSAGE.format("alice", i), max_messages=100), MESSAGE.format("alice", i)))
+        append(storage, "bob", MESSAGE.format("bob", i), max_messages=100)
     ids = [message_id for message_id, _ in stored]
     assert all(type(i) is int for i in ids) and ids == sorted(set(ids))
-    assert run(storage.list_offline("alice")) == stored
+    assert messages(storage, "alice") == stored
     assert run(storage.count_offline("alice")) == 6
-    assert run(storage.list_offline("alice", limit=2)) == stored[:2]
-    assert run(storage.list_offline("alice", limit=100)) == stored
-    assert run(storage.list_offline("alice", limit=0)) == []
-    assert [xml for _, xml in run(storage.list_offline("bob"))] == [MESSAGE.format("bob", i) for i in range(6)]
+    assert messages(storage, "alice", limit=2) == stored[:2]
+    assert messages(storage, "alice", limit=100) == stored
+    assert messages(storage, "alice", limit=0) == []
+    assert [xml for _, xml in messages(storage, "bob")] == [MESSAGE.format("bob", i) for i in range(6)]
 
     # Handing over the first two, then the rest: what is left stays in order.
-    assert run(storage.delete_offline("alice", ids[:2])) == 2
-    assert run(storage.list_offline("alice")) == stored[2:]
+    delete(storage, ids[:2])
+    assert messages(storage, "alice") == stored[2:]
+    assert run(storage.count_offline("alice")) == 4
     # An id is never given out again, not even that of the newest message in the table once deleted.
-    last = run(storage.store_offline("alice", "<message>last</message>", max_messages=100))
-    assert run(storage.delete_offline("alice", [last, ids[-1]])) == 2
-    newest = run(storage.store_offline("alice", "<message/>", max_messages=100))
+    last = append(storage, "alice", "<message>last</message>", max_messages=100)
+    assert run(storage.count_offline("alice")) == 5
+    delete(storage, [last, ids[-1]])
+    assert run(storage.count_offline("alice")) == 3
+    newest = append(storage, "alice", "<message/>", max_messages=100)
     assert newest > last
-    assert run(storage.list_offline("alice")) == stored[2:5] + [(newest, "<message/>")]
+    assert messages(storage, "alice") == stored[2:5] + [(newest, "<message/>")]
     assert run(storage.count_offline("alice")) == 4
     assert run(storage.count_offline("bob")) == 6
 
@@ -266,59 +301,67 @@ def test_offline_messages_keep_their_order(storage):
 def test_offline_quota_is_exact(storage):
     run(storage.create_user("alice", {}))
     run(storage.create_user("bob", {}))
-    ids = [run(storage.store_offline("alice", MESSAGE.format("alice", i), max_messages=3)) for i in range(3)]
+    ids = [append(storage, "alice", MESSAGE.format("alice", i), max_messages=3) for i in range(3)]
     assert None not in ids
-    before = run(storage.list_offline("alice"))
-    assert run(storage.store_offline("alice", "<message>too many</message>", max_messages=3)) is None
-    assert run(storage.store_offline("alice", "<message>too many</message>", max_messages=2)) is None
-    assert run(storage.list_offline("alice")) == before
+    before = queued(storage, "alice")
+    assert append(storage, "alice", "<message>too many</message>", max_messages=3) is None
+    assert append(storage, "alice", "<message>too many</message>", max_messages=2) is None
+    assert queued(storage, "alice") == before
     assert raw(storage, "SELECT COUNT(*) FROM offline_messages") == [(3,)]
     # The quota is per user.
-    assert run(storage.store_offline("bob", "<message/>", max_messages=3)) is not None
+    assert append(storage, "bob", "<message/>", max_messages=3) is not None
     # Room again after a delivery, or with a larger quota.
-    assert run(storage.delete_offline("alice", ids[:1])) == 1
-    assert run(storage.store_offline("alice", "<message>4</message>", max_messages=3)) is not None
-    assert run(storage.store_offline("alice", "<message>5</message>", max_messages=3)) is None
-    assert run(storage.store_offline("alice", "<message>5</message>", max_messages=4)) is not None
+    delete(storage, ids[:1])
+    assert run(storage.count_offline("alice")) == 2
+    assert append(storage, "alice", "<message>4</message>", max_messages=3) is not None
+    assert append(storage, "alice", "<message>5</message>", max_messages=3) is None
+    assert append(storage, "alice", "<message>5</message>", max_messages=4) is not None
     assert run(storage.count_offline("alice")) == 4
-    assert run(storage.store_offline("bob", "<message/>", max_messages=0)) is None
+    assert append(storage, "bob", "<message/>", max_messages=0) is None
     with pytest.raises(ValueError):
-        run(storage.store_offline("alice", "<message/>", max_messages=-1))
+        append(storage, "alice", "<message/>", max_messages=-1)
     with pytest.raises(ValueError):
-        run(storage.list_offline("alice", limit=-1))
+        queued(storage, "alice", limit=-1)
     assert run(storage.count_offline("alice")) == 4
 
 
 def test_offline_for_unknown_user(storage):
-    with pytest.raises(StorageError, match="store_offline: no such user 'ghost'"):
-        run(storage.store_offline("ghost", "<message/>", max_messages=10))
-    with pytest.raises(StorageError, match="no such user 'ghost'"):
-        run(storage.store_offline("ghost", "<message/>", max_messages=0))
-    assert run(storage.list_offline("ghost")) == []
+    # Refused with None, not StorageError: the rest of a batch must go through (see below).
+    assert append(storage, "ghost", "<message/>", max_messages=10) is None
+    assert append(storage, "ghost", "<message/>", max_messages=0) is None
+    assert append(storage, "ghost", "<message/>") is None
+    assert queued(storage, "ghost") == []
     assert run(storage.count_offline("ghost")) == 0
-    assert run(storage.delete_offline("ghost", [1, 2])) == 0
+    delete(storage, [1, 2])
     assert raw(storage, "SELECT COUNT(*) FROM offline_messages") == [(0,)]
 
 
-def test_offline_delete_only_own_ids(storage):
+def test_offline_delete_only_named_ids(storage):
+    # Deletes name rows by id, whoever's they are; because an id is never given out again,
+    # one that was read earlier and is deleted late (or twice) cannot hit another message.
     run(storage.create_user("alice", {}))
     run(storage.create_user("bob", {}))
-    alice = [run(storage.store_offline("alice", MESSAGE.format("alice", i), max_messages=10)) for i in range(3)]
-    bob = [run(storage.store_offline("bob", MESSAGE.format("bob", i), max_messages=10)) for i in range(3)]
-    assert run(storage.delete_offline("alice", [])) == 0
-    assert run(storage.delete_offline("bob", alice)) == 0
-    assert run(storage.delete_offline("alice", bob)) == 0
+    alice = [append(storage, "alice", MESSAGE.format("alice", i), max_messages=10) for i in range(3)]
+    bob = [append(storage, "bob", MESSAGE.format("bob", i), max_messages=10) for i in range(3)]
+    delete(storage, [])
     assert run(storage.count_offline("alice")) == 3 and run(storage.count_offline("bob")) == 3
-    # A mixed list: only the caller's own ids count; repeats count once.
-    assert run(storage.delete_offline("alice", [bob[0], alice[1], alice[1], bob[2], max(bob) + 1000])) == 1
-    assert run(storage.delete_offline("alice", [alice[1]])) == 0
-    assert [i for i, _ in run(storage.list_offline("alice"))] == [alice[0], alice[2]]
-    assert [i for i, _ in run(storage.list_offline("bob"))] == bob
-    # More ids than one statement takes (batches, in one transaction), mostly not alice's.
-    many = list(range(1, max(alice + bob) + 1300))
-    assert run(storage.delete_offline("alice", many)) == 2
-    assert run(storage.list_offline("alice")) == []
-    assert [i for i, _ in run(storage.list_offline("bob"))] == bob
+    # A mixed list, with repeats and an unknown id: exactly the named rows go, each once.
+    delete(storage, [bob[0], alice[1], alice[1], max(bob) + 1000])
+    assert [i for i, _ in messages(storage, "alice")] == [alice[0], alice[2]]
+    assert [i for i, _ in messages(storage, "bob")] == bob[1:]
+    assert run(storage.count_offline("alice")) == 2 and run(storage.count_offline("bob")) == 2
+    # Deleting them again after either user got new messages: harmless.
+    later = append(storage, "bob", "<message>later</message>", max_messages=10)
+    delete(storage, [alice[1], bob[0], alice[1]])
+    assert [i for i, _ in messages(storage, "alice")] == [alice[0], alice[2]]
+    assert [i for i, _ in messages(storage, "bob")] == bob[1:] + [later]
+    # More ids than one statement takes (batches, in one transaction), most of them unknown or
+    # deleted already; bob's remaining rows are not named.
+    many = [i for i in range(1, later + 1300) if i not in bob[1:] + [later]]
+    delete(storage, many)
+    assert queued(storage, "alice") == []
+    assert [i for i, _ in messages(storage, "bob")] == bob[1:] + [later]
+    assert run(storage.count_offline("alice")) == 0 and run(storage.count_offline("bob")) == 3
 
 
 def test_offline_unicode_and_large_stanzas(storage):
@@ -327,53 +370,51 @@ def test_offline_unicode_and_large_stanzas(storage):
     body = "".join(chr(c) for c in range(0x20, 0x800) if not 0xD800 <= c <= 0xDFFF) + "𝄞😀🇫🇷"
     large = MESSAGE.format("ålice", (body * (200_000 // len(body) + 1))[:200_000])
     assert len(large) > 200_000
-    first = run(storage.store_offline("ålice", small, max_messages=10))
-    second = run(storage.store_offline("ålice", large, max_messages=10))
-    assert run(storage.list_offline("ålice")) == [(first, small), (second, large)]
-    assert run(storage.delete_offline("ålice", [first, second])) == 2
+    first = append(storage, "ålice", small, max_messages=10)
+    second = append(storage, "ålice", large, max_messages=10)
+    assert messages(storage, "ålice") == [(first, small), (second, large)]
+    delete(storage, [first, second])
+    assert queued(storage, "ålice") == []
 
 
 def test_offline_concurrent_stores_keep_the_quota(storage):
+    async def store(username, stanza_xml, max_messages):
+        [new_id] = await storage.write_message_queue([(username, stanza_xml, T0, max_messages)], [])
+        return new_id
+
     async def scenario():
         await storage.create_user("alice", {})
         await storage.create_user("bob", {})
         results = await asyncio.gather(
-            *(storage.store_offline("alice", MESSAGE.format("alice", i), max_messages=10) for i in range(50)),
-            *(storage.store_offline("bob", MESSAGE.format("bob", i), max_messages=7) for i in range(30)),
+            *(store("alice", MESSAGE.format("alice", i), 10) for i in range(50)),
+            *(store("bob", MESSAGE.format("bob", i), 7) for i in range(30)),
             *(storage.count_offline("alice") for _ in range(10)),
         )
         alice, bob, counts = results[:50], results[50:80], results[80:]
         assert sum(r is not None for r in alice) == 10
         assert sum(r is not None for r in bob) == 7
         assert all(0 <= count <= 10 for count in counts)
-        listed = await storage.list_offline("alice")
-        assert [i for i, _ in listed] == sorted(r for r in alice if r is not None)
+        listed = await storage.list_queued("alice")
+        assert [i for i, _, _ in listed] == sorted(r for r in alice if r is not None)
         assert await storage.count_offline("alice") == 10 and await storage.count_offline("bob") == 7
 
         # Deliveries and new messages at once: never more than the quota, no message lost.
-        handed_over = [i for i, _ in listed[:4]]
+        handed_over = [i for i, _, _ in listed[:4]]
         results = await asyncio.gather(
-            storage.delete_offline("alice", handed_over[:2]),
-            *(storage.store_offline("alice", f"<message>{i}</message>", max_messages=10) for i in range(20)),
-            storage.delete_offline("alice", handed_over[2:]),
+            storage.write_message_queue([], handed_over[:2]),
+            *(store("alice", f"<message>{i}</message>", 10) for i in range(20)),
+            storage.write_message_queue([], handed_over[2:]),
         )
-        assert results[0] == 2 and results[-1] == 2
+        assert results[0] == [] and results[-1] == []
         accepted = [r for r in results[1:-1] if r is not None]
         assert len(accepted) <= 4
         assert await storage.count_offline("alice") == 6 + len(accepted) <= 10
-        assert [i for i, _ in await storage.list_offline("alice")] == [i for i, _ in listed[4:]] + sorted(accepted)
+        assert [i for i, _, _ in await storage.list_queued("alice")] == [i for i, _, _ in listed[4:]] + sorted(accepted)
 
     run(scenario())
 
 
 # -- the message queue (group commits, journal.py) ---------------------------------
-
-UTC = datetime.timezone.utc
-T0 = datetime.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
-
-
-def queued(storage, username, **kwargs):
-    return run(storage.list_queued(username, **kwargs))
 
 
 def test_queue_ids_increase_in_append_order(storage):
@@ -500,8 +541,8 @@ def test_queue_timestamps_round_trip(storage):
     ]
     with pytest.raises(ValueError, match="aware"):
         run(storage.write_message_queue([("alice", "<message/>", datetime.datetime(2024, 1, 1), None)], []))
-    # Rows from store_offline (stored_at from the database's clock, to the second) read back as UTC too.
-    message_id = run(storage.store_offline("alice", "<message>old</message>", max_messages=10))
+    # Rows written by older versions (stored_at from the database's clock, to the second) read back as UTC too.
+    message_id = run(storage._run(_legacy_row, "alice", "<message>old</message>"))
     [(row_id, _, at)] = queued(storage, "alice", after=max(i for i, _, _ in queued(storage, "alice")) - 1)[-1:]
     assert row_id == message_id and at.tzinfo is not None
     assert abs(datetime.datetime.now(UTC) - at) < datetime.timedelta(minutes=5)
@@ -690,11 +731,14 @@ def test_offline_migration_upgrades_an_existing_database(backend, tmp_path, monk
                 assert await new.get_credentials("alice", "SCRAM-SHA-256") == SHA256
                 assert (await new.get_roster("alice"))[1] == [RosterItem("bob@example.org", groups=["G"])]
                 assert [j for j, _ in await new.list_pending_subscriptions("alice")] == ["carol@example.org"]
-                first = await new.store_offline("alice", "<message>1</message>", max_messages=2)
-                second = await other.store_offline("alice", "<message>2</message>", max_messages=2)
-                assert await new.store_offline("alice", "<message>3</message>", max_messages=2) is None
-                assert await other.list_offline("alice") == [(first, "<message>1</message>"), (second, "<message>2</message>")]
-                await new.store_offline("bob", "<message/>", max_messages=2)
+                [first] = await new.write_message_queue([("alice", "<message>1</message>", T0, 2)], [])
+                [second] = await other.write_message_queue([("alice", "<message>2</message>", T0, 2)], [])
+                assert await new.write_message_queue([("alice", "<message>3</message>", T0, 2)], []) == [None]
+                assert await other.list_queued("alice") == [
+                    (first, "<message>1</message>", T0),
+                    (second, "<message>2</message>", T0),
+                ]
+                assert await new.write_message_queue([("bob", "<message/>", T0, 2)], []) != [None]
                 # Accounts from before the migration are covered by its cascade too.
                 assert await new.delete_user("alice") is True
                 assert await new._run(_offline_users) == [("bob",)]
@@ -713,8 +757,9 @@ def _offline_users():
 
 def test_offline_timestamps_are_utc(storage):
     run(storage.create_user("alice", {}))
-    run(storage.store_offline("alice", "<message/>", max_messages=1))
-    # The database's clock is this machine's: a stamp in another zone would be hours off.
+    run(storage._run(_legacy_row, "alice", "<message/>"))
+    # Rows written by older versions: the database's clock is this machine's, a stamp in
+    # another zone would be hours off.
     [(stored_at,)] = raw(storage, "SELECT stored_at FROM offline_messages")
     if isinstance(stored_at, str):  # SQLite: UTC as 'YYYY-MM-DD HH:MM:SS'
         stored_at = datetime.datetime.fromisoformat(stored_at).replace(tzinfo=datetime.timezone.utc)

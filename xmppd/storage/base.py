@@ -117,36 +117,15 @@ class Storage(abc.ABC):
     async def set_vcard(self, username: str, xml: str | None) -> None:
         """Store the serialized <vCard/>; None deletes it."""
 
-    # -- offline messages (XEP-0160) -----------------------------------------------
-    # Ids are positive, increase in the order messages were stored and are never
-    # given out again, even after deletion, so an id read earlier names one message.
-
-    @abc.abstractmethod
-    async def store_offline(self, username: str, stanza_xml: str, *, max_messages: int) -> int | None:
-        """Keep a message for the user; returns its id, None (storing nothing) if max_messages are kept already.
-
-        Counting and inserting are atomic: concurrent calls never take the user past max_messages.
-        """
-
-    @abc.abstractmethod
-    async def list_offline(self, username: str, limit: int | None = None) -> list[tuple[int, str]]:
-        """(id, stanza_xml) of the user's kept messages, oldest first; at most limit of them if given."""
-
-    @abc.abstractmethod
-    async def delete_offline(self, username: str, ids: list[int]) -> int:
-        """Delete those of the user's messages whose ids are given; returns how many were deleted.
-
-        Ids that are not the user's (another user's, or already deleted) are ignored.
-        """
+    # -- offline messages (XEP-0160) and the message queue (journal.py) ----------------
+    # One table, written in group commits: one row per message per recipient account,
+    # deleted once the recipient has the message. A row nobody is delivering is an
+    # offline message. Ids are positive, increase in the order rows were stored and
+    # are never given out again, even after deletion, so an id read earlier names one row.
 
     @abc.abstractmethod
     async def count_offline(self, username: str) -> int:
         """Number of messages kept for the user."""
-
-    # -- the message queue (journal.py) -----------------------------------------------
-    # The same table, written in group commits: one row per message per recipient
-    # account, deleted once the recipient has the message. A row nobody is delivering
-    # is an offline message.
 
     @abc.abstractmethod
     async def write_message_queue(
@@ -160,9 +139,10 @@ class Storage(abc.ABC):
         storing nothing: the user does not exist (deleted meanwhile; the rest of
         the batch must not fail for it), or max_messages is not None and the user
         has that many rows already, counting those added earlier in this call.
-        received_at is an aware datetime; it comes back as UTC with its
-        microseconds. Either everything is committed or, with StorageError,
-        nothing is.
+        Counting and inserting are atomic: concurrent calls never take a user
+        past max_messages. received_at is an aware datetime; it comes back as
+        UTC with its microseconds. Either everything is committed or, with
+        StorageError, nothing is.
         """
 
     @abc.abstractmethod
@@ -171,8 +151,9 @@ class Storage(abc.ABC):
     ) -> list[tuple[int, str, datetime]]:
         """(id, stanza_xml, received_at) of the user's rows with ids above `after`, oldest first; at most limit.
 
-        received_at is an aware UTC datetime (for rows written by store_offline,
-        the time they were stored, to the second).
+        received_at is an aware UTC datetime. Databases may still hold rows
+        written by older versions of the server, before the message queue: for
+        those it is the time the database stored them, to the second.
         """
 
     # -- server-wide settings -------------------------------------------------

@@ -141,24 +141,6 @@ class SQLStorage(Storage):
     async def set_vcard(self, username: str, xml: str | None) -> None:
         await self._run(_set_vcard, username, xml)
 
-    async def store_offline(self, username: str, stanza_xml: str, *, max_messages: int) -> int | None:
-        if max_messages < 0:
-            raise ValueError(f"max_messages must not be negative, not {max_messages!r}")
-        return await self._run(_store_offline, username, stanza_xml, max_messages)
-
-    async def list_offline(self, username: str, limit: int | None = None) -> list[tuple[int, str]]:
-        if limit is not None and limit < 0:
-            # SQLite reads a negative LIMIT as none, PostgreSQL refuses it: refuse it on both.
-            raise ValueError(f"limit must not be negative, not {limit!r}")
-        return await self._run(_list_offline, username, limit)
-
-    async def delete_offline(self, username: str, ids: list[int]) -> int:
-        unique = sorted({operator.index(i) for i in ids})
-        if not unique:
-            return 0
-        script = _delete_offline if len(unique) <= _OFFLINE_DELETE_BATCH else _delete_offline_in_batches
-        return await self._run(script, username, unique)
-
     async def count_offline(self, username: str) -> int:
         return await self._run(_count_offline, username)
 
@@ -179,6 +161,7 @@ class SQLStorage(Storage):
         self, username: str, *, after: int = 0, limit: int | None = None
     ) -> list[tuple[int, str, datetime]]:
         if limit is not None and limit < 0:
+            # SQLite reads a negative LIMIT as none, PostgreSQL refuses it: refuse it on both.
             raise ValueError(f"limit must not be negative, not {limit!r}")
         return await self._run(_list_queued, username, operator.index(after), limit)
 
@@ -400,66 +383,6 @@ def _set_vcard(username, xml):
 # -- offline messages -------------------------------------------------------------
 
 
-@atomic
-def _store_offline(username, stanza_xml, max_messages):
-    # The no-op update locks the user's row first. On PostgreSQL concurrent stores for one
-    # user queue on that lock, and the COUNT after it (a new snapshot under READ COMMITTED)
-    # sees what the ones before committed, so the quota holds; it also means a user's ids
-    # are drawn in commit order, so a reader never sees a newer message before an older one.
-    # On SQLite, BEGIN IMMEDIATE already serializes writers. The update's row count tells
-    # whether the user exists, and its lock holds the user against deletion until the insert.
-    if not (yield execute("UPDATE users SET roster_version = roster_version WHERE username = ?", username)):
-        raise unknown_user(_store_offline, (username,))
-    [(count,)] = yield select("SELECT COUNT(*) FROM offline_messages WHERE username = ?", username)
-    if count >= max_messages:
-        return None
-    [(new_id,)] = yield select(
-        "INSERT INTO offline_messages (username, stanza_xml) VALUES (?, ?) RETURNING id", username, stanza_xml
-    )
-    return new_id
-
-
-def _list_offline(username, limit):
-    sql = "SELECT id, stanza_xml FROM offline_messages WHERE username = ? ORDER BY id"
-    rows = yield (select(sql, username) if limit is None else select(sql + " LIMIT ?", username, limit))
-    return [(message_id, stanza_xml) for message_id, stanza_xml in rows]
-
-
-# Values per IN (...) list. A batch is padded (repeating its last value) to a power of two,
-# so at most ten statement texts exist: few prepared statements on PostgreSQL, and far
-# below either database's limit on parameters.
-_OFFLINE_DELETE_BATCH = 512
-
-
-def _in_lists(values: Sequence[Any]) -> Iterator[tuple[str, list[Any]]]:
-    """(placeholders, parameters) for IN lists covering the values, padded as described above."""
-    for start in range(0, len(values), _OFFLINE_DELETE_BATCH):
-        batch = list(values[start : start + _OFFLINE_DELETE_BATCH])
-        size = 1 << (len(batch) - 1).bit_length()
-        batch += batch[-1:] * (size - len(batch))
-        yield ", ".join("?" * size), batch
-
-
-def _delete_offline_ids(username, ids):
-    """Delete the user's messages with these ids (distinct); the number deleted."""
-    deleted = 0
-    for placeholders, batch in _in_lists(ids):
-        deleted += yield execute(
-            f"DELETE FROM offline_messages WHERE username = ? AND id IN ({placeholders})", username, *batch
-        )
-    return deleted
-
-
-def _delete_offline(username, ids):
-    # At most one batch of ids: one statement.
-    return (yield from _delete_offline_ids(username, ids))
-
-
-@atomic
-def _delete_offline_in_batches(username, ids):
-    return (yield from _delete_offline_ids(username, ids))
-
-
 def _count_offline(username):
     [(count,)] = yield select("SELECT COUNT(*) FROM offline_messages WHERE username = ?", username)
     return count
@@ -468,13 +391,18 @@ def _count_offline(username):
 # -- the message queue (group commits of offline_messages rows) ---------------------
 # stored_at holds the time the server received the message. SQLite has no time type:
 # there it is text in UTC, 'YYYY-MM-DD HH:MM:SS.ffffff+00:00', which sorts in time
-# order with the 'YYYY-MM-DD HH:MM:SS' that CURRENT_TIMESTAMP wrote for older rows.
-# PostgreSQL casts the same text to TIMESTAMPTZ, the explicit offset making the
-# session's time zone irrelevant.
+# order with the 'YYYY-MM-DD HH:MM:SS' that CURRENT_TIMESTAMP wrote for rows of older
+# versions of the server. PostgreSQL casts the same text to TIMESTAMPTZ, the explicit
+# offset making the session's time zone irrelevant.
 
 # Rows per multi-row INSERT; a chunk's size is a power of two (at most nine statement
 # texts), 3 parameters a row.
 _QUEUE_INSERT_BATCH = 256
+
+# Values per IN (...) list. A batch is padded (repeating its last value) to a power of two,
+# so at most ten statement texts exist: few prepared statements on PostgreSQL, and far
+# below either database's limit on parameters.
+_IN_LIST_BATCH = 512
 
 
 def _timestamp_param(moment: datetime) -> str:
@@ -492,6 +420,15 @@ def _utc(value: datetime | str) -> datetime:
     return value.astimezone(timezone.utc)
 
 
+def _in_lists(values: Sequence[Any]) -> Iterator[tuple[str, list[Any]]]:
+    """(placeholders, parameters) for IN lists covering the values, padded as described above."""
+    for start in range(0, len(values), _IN_LIST_BATCH):
+        batch = list(values[start : start + _IN_LIST_BATCH])
+        size = 1 << (len(batch) - 1).bit_length()
+        batch += batch[-1:] * (size - len(batch))
+        yield ", ".join("?" * size), batch
+
+
 def _chunk_sizes(count: int) -> Iterator[int]:
     """Split count into powers of two of at most _QUEUE_INSERT_BATCH, largest first."""
     while count:
@@ -504,9 +441,13 @@ def _chunk_sizes(count: int) -> Iterator[int]:
 def _write_message_queue(appends, deletes):
     # Order of locks, so that this cannot deadlock with delete_user (which locks the
     # users row, then the rows its cascade deletes): first the no-op update locks the
-    # appended users' rows (as in _store_offline: it tells which users exist, holds
-    # them against deletion, serializes quota counting with concurrent writers and
-    # keeps each user's ids in commit order), then the deletes, then the inserts.
+    # appended users' rows, then the deletes, then the inserts. The update's RETURNING
+    # tells which users exist, and its locks hold them against deletion until the
+    # inserts. On PostgreSQL concurrent calls for one user queue on that lock, and the
+    # COUNT after it (a new snapshot under READ COMMITTED) sees what the ones before
+    # committed, so the quota holds; it also means a user's ids are drawn in commit
+    # order, so a reader never sees a newer row before an older one. On SQLite,
+    # BEGIN IMMEDIATE already serializes writers.
     users = sorted({username for username, _, _, _ in appends})
     existing = set()
     for placeholders, batch in _in_lists(users):
