@@ -103,6 +103,19 @@ BAD = [
     ("stream_mgmt", "request_after_stanzas", "0", "must be an integer from 1 to 10000 (stanzas)"),
     ("stream_mgmt", "request_after_seconds", "true", "must be a number from 0.1 to 3600 (seconds)"),
     ("stream_mgmt", "ack_timeout", "7200", "must be a number from 1 to 3600 (seconds)"),
+    ("push", "max_registrations", "0", "must be an integer from 1 to 100 (devices)"),
+    ("push", "registration_expiry", "0.5", "must be a number from 1 to 3650 (days)"),
+    ("push", "coalesce_window", "-1", "must be a number from 0 to 600 (seconds)"),
+    ("push", "max_strikes", "0", "must be an integer from 1 to 1000 (failures)"),
+    ("push", "include_sender", '"no"', "must be true or false"),
+    ("push", "include_body", "1", "must be true or false"),
+    ("appserver", "domain", "5", 'must be a string, or ""'),
+    ("appserver", "default_apns_app", "[]", 'must be a string, or ""'),
+    ("appserver", "default_fcm_app", "false", 'must be a string, or ""'),
+    ("appserver", "rate_limit", "0", "must be a number from 0.01 to 1000 (pushes per second)"),
+    ("appserver", "rate_burst", "0", "must be an integer from 1 to 1000 (pushes)"),
+    ("appserver", "apps", "3",
+     "must be tables [appserver.apps.NAME] with the keys listed under [appserver.apps.NAME]"),
     ("auth", "mechanisms", "[]",
      'must be a non-empty list of distinct names from "SCRAM-SHA-256", '
      '"SCRAM-SHA-1", "PLAIN"'),
@@ -113,7 +126,7 @@ BAD = [
     ("auth", "throttle_window", "0.0", "must be a number greater than 0 (seconds)"),
     ("modules", "enabled", '["vcard", "muc"]',
      '"muc" is not one of these; must be a list of distinct names from "version", '
-     '"vcard", "register", "offline", "csi", "stream_mgmt"'),
+     '"vcard", "register", "offline", "csi", "stream_mgmt", "push", "appserver"'),
     ("version", "show_os", '"false"', "must be true or false"),
     ("register", "min_interval", "-1",
      "must be a number of at least 0 (seconds; 0 turns the limit off)"),
@@ -264,7 +277,7 @@ def test_unknown_section_lists_allowed_sections(base):
     assert refusal(base, srever={"domain": '"example.org"'}) == [
         "test.toml: [srever]: unknown section (did you mean [server]?); allowed sections: "
         "[server], [logging], [storage], [tls], [c2s], [auth], [modules], [version], "
-        "[register], [offline], [csi], [stream_mgmt]"]
+        "[register], [offline], [csi], [stream_mgmt], [push], [appserver]"]
 
 
 def test_top_level_key_points_to_its_section(base):
@@ -274,7 +287,7 @@ def test_top_level_key_points_to_its_section(base):
     assert str(caught.value) == (
         'test.toml: domain = "example.org": unknown top-level key (did you mean [server] '
         "domain?); every key belongs in a section: [server], [logging], [storage], [tls], "
-        "[c2s], [auth], [modules], [version], [register], [offline], [csi], [stream_mgmt]")
+        "[c2s], [auth], [modules], [version], [register], [offline], [csi], [stream_mgmt], [push], [appserver]")
 
 
 def test_section_that_is_not_a_table(base):
@@ -294,7 +307,7 @@ def test_all_problems_are_reported_at_once(base):
         parse_config(text, source="conf/xmppd.toml", base_dir=str(base))
     assert caught.value.errors == (
         "conf/xmppd.toml: [bogus]: unknown section; allowed sections: [server], [logging], "
-        "[storage], [tls], [c2s], [auth], [modules], [version], [register], [offline], [csi], [stream_mgmt]",
+        "[storage], [tls], [c2s], [auth], [modules], [version], [register], [offline], [csi], [stream_mgmt], [push], [appserver]",
         'conf/xmppd.toml: [server] domain = "a..b": invalid domain name (empty label in domainpart); '
         'must be a DNS domain name such as "example.org" (internationalized names allowed)',
         "conf/xmppd.toml: [c2s] prot = 1: unknown key (did you mean port?); allowed keys "
@@ -459,7 +472,7 @@ def test_defaults(tmp_path):
     assert config.storage.sqlite_path == str(tmp_path / "xmppd.sqlite3")
     assert config.c2s.interfaces == ("127.0.0.1", "::1")
     assert config.auth.mechanisms == ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
-    assert config.modules.enabled == ("version", "vcard", "offline", "csi", "stream_mgmt")
+    assert config.modules.enabled == ("version", "vcard", "offline", "csi", "stream_mgmt", "push")
     for option in OPTIONS:
         if option.key != "sqlite_path":
             assert getattr(getattr(config, option.section), option.key) == option.default
@@ -498,9 +511,13 @@ def test_example_lists_every_key_at_its_default():
     data = tomllib.loads(example_text())
     production = {("storage", "sqlite_path"), ("tls", "certificate"), ("tls", "private_key")}
     listed = {(section, key) for section, keys in data.items() for key in keys}
-    assert listed == {(o.section, o.key) for o in OPTIONS}
+    # A table of tables ([appserver.apps.NAME]) is shown commented out: its default is none.
+    tables = {(o.section, o.key) for o in OPTIONS if o.type == "table of tables"}
+    assert listed == {(o.section, o.key) for o in OPTIONS} - tables
+    for section, key in tables:
+        assert f"# [{section}.{key}." in example_text()
     for option in OPTIONS:
-        if (option.section, option.key) not in production:
+        if (option.section, option.key) not in production | tables:
             written = data[option.section][option.key]
             expected = list(option.default) if isinstance(option.default, tuple) \
                 else option.default
@@ -533,8 +550,81 @@ def test_render_config_of_a_loaded_file(base):
 def test_render_config_lists_every_key(tmp_path):
     data = tomllib.loads(render_config(default_config(str(tmp_path))))
     assert {(s, k) for s, keys in data.items() for k in keys} == \
-        {(o.section, o.key) for o in OPTIONS}
+        {(o.section, o.key) for o in OPTIONS if o.type != "table of tables"}   # no apps by default
     assert data["c2s"]["interfaces"] == ["127.0.0.1", "::1"]
+
+
+def test_push_apps_render_and_reparse(base):
+    key = base / "AuthKey.p8"
+    key.write_text("not checked here")
+    account = base / "firebase.json"
+    account.write_text("{}")
+    text = document(TLS) + f"""
+[appserver]
+default_apns_app = "ios"
+default_fcm_app = "droid"
+[appserver.apps.ios]
+type = "apns"
+key_file = "{key}"
+key_id = "ABCDE12345"
+team_id = "TEAM123456"
+topic = "org.example.app"
+sandbox = true
+push_modules = ["exampleProdiOS", "exampleSandboxiOS"]
+[appserver.apps.droid]
+type = "fcm"
+service_account_file = "{account}"
+"""
+    config = parse_config(text, source="test.toml", base_dir=str(base))
+    ios, droid = config.appserver.apps
+    assert (ios.name, ios.type, ios.topic, ios.sandbox, ios.push_modules) == \
+        ("ios", "apns", "org.example.app", True, ("exampleProdiOS", "exampleSandboxiOS"))
+    assert (droid.type, droid.service_account_file, droid.project_id) == ("fcm", str(account), "")
+    assert parse_config(render_config(config), base_dir=str(base)) == config
+
+
+@pytest.mark.parametrize("app, message", [
+    ('type = "apns"\nkey_id = 3',
+     "test.toml: [appserver.apps.x] key_id = 3: must be a string (not empty)"),
+    ('type = "gcm"', 'test.toml: [appserver.apps.x] type = "gcm": must be one of "apns", "fcm"'),
+    ('kind = "fcm"', 'test.toml: [appserver.apps.x] kind = "fcm": unknown key (did you mean key_id?); allowed keys in '
+     "[appserver.apps.x]: type, push_modules, key_file, key_id, team_id, topic, sandbox, "
+     "service_account_file, project_id"),
+    ('type = "fcm"', "test.toml: [appserver.apps.x] service_account_file: is missing; fcm apps need it"),
+    ('type = "apns"\nkey_id = "K"', "test.toml: [appserver.apps.x] key_file: is missing; apns apps need it"),
+])
+def test_push_app_errors_name_the_inner_key(base, app, message):
+    with pytest.raises(ConfigError) as caught:
+        parse_config(document(TLS) + f"\n[appserver.apps.x]\n{app}\n", source="test.toml", base_dir=str(base))
+    assert caught.value.errors == (message,)
+
+
+def test_push_app_names_must_fit(base):
+    text = document(TLS) + """
+[appserver]
+default_fcm_app = "ios"
+[appserver.apps.ios]
+type = "apns"
+key_file = "/etc/hostname"
+key_id = "K"
+team_id = "T"
+topic = "t"
+push_modules = ["m"]
+[appserver.apps.ios2]
+type = "apns"
+key_file = "/etc/hostname"
+key_id = "K"
+team_id = "T"
+topic = "t"
+push_modules = ["m"]
+"""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, source="test.toml", base_dir=str(base))
+    assert caught.value.errors == (
+        'test.toml: [appserver] default_fcm_app = "ios": must name an fcm app of [appserver.apps] (there: none)',
+        'test.toml: [appserver.apps.ios2] push_modules: "m" is listed by [appserver.apps.ios] too; '
+        'a pushModule names one app',
+    )
 
 
 def test_render_config_escapes_strings(base):

@@ -27,7 +27,7 @@ from . import jid
 
 # Optional feature modules an operator may enable; the server imports this
 # tuple too, so the set of names lives only here.
-OPTIONAL_MODULES = ("version", "vcard", "register", "offline", "csi", "stream_mgmt")
+OPTIONAL_MODULES = ("version", "vcard", "register", "offline", "csi", "stream_mgmt", "push", "appserver")
 
 # SASL mechanisms the server implements (the -PLUS variants follow
 # auth.channel_binding rather than being listed).
@@ -50,7 +50,16 @@ class ConfigError(Exception):
 
 
 class Invalid(Exception):
-    """A value was refused; the message follows "[section] key = value: "."""
+    """A value was refused; the message follows "[section] key = value: ".
+
+    A validator of a table (such as [appserver.apps.NAME]) names the inner key that is wrong with
+    `where` ("[appserver.apps.monal] team_id") and its value with `value`, so that the message
+    points at the line to fix rather than at the whole table."""
+
+    def __init__(self, message: str, *, where: str | None = None, value: object = None) -> None:
+        super().__init__(message)
+        self.where = where
+        self.value = value
 
 
 # --- rendering values as TOML (config output and error messages) ----------
@@ -209,6 +218,21 @@ def normalize_domain(text: str) -> str:
         raise Invalid(f"invalid domain name ({error})") from None
 
 
+@dataclass(frozen=True)
+class Text(Validator):
+    """A string of printable characters (an id, a name)."""
+
+    empty_ok: bool = False
+
+    def describe(self) -> str:
+        return "a string" + (', or ""' if self.empty_ok else " (not empty)")
+
+    def convert(self, value: object, base_dir: str) -> str:
+        if not isinstance(value, str) or (not value and not self.empty_ok) or not value.isprintable():
+            raise self.refuse()
+        return value
+
+
 class Domain(Validator):
     def describe(self) -> str:
         return 'a DNS domain name such as "example.org" (internationalized names allowed)'
@@ -319,6 +343,12 @@ def _ip_address(text: str) -> str:
         return str(ipaddress.ip_address(text))
     except ValueError:
         raise Invalid("is not an IP address") from None
+
+
+def _name(text: str) -> str:
+    if not text or not text.isprintable():
+        raise Invalid("is not a name (printable, not empty)")
+    return text
 
 
 def _bare_jid(text: str) -> str:
@@ -476,7 +506,8 @@ class ModulesConfig:
     """Optional features; the core protocol is always on."""
 
     enabled: tuple[str, ...] = _option(
-        ("version", "vcard", "offline", "csi", "stream_mgmt"), Strings("distinct names", choices=OPTIONAL_MODULES),
+        ("version", "vcard", "offline", "csi", "stream_mgmt", "push"),
+        Strings("distinct names", choices=OPTIONAL_MODULES),
         "Optional modules to load: version (XEP-0092), vcard (XEP-0054), "
         "register (XEP-0077 in-band registration: anyone who can connect can create "
         "an account), offline (XEP-0160: keep messages for accounts that are offline; "
@@ -484,7 +515,9 @@ class ModulesConfig:
         "presence, chat states, receipts, markers and PEP notifications for a client "
         "that says it is inactive, such as a phone with its screen off), stream_mgmt "
         "(XEP-0198: acknowledgements, and sessions that survive a broken connection and "
-        "are resumed; it loads offline too).")
+        "are resumed; it loads offline too), push (XEP-0357: wake a sleeping phone through "
+        "its push app server; see [push]), appserver (the built-in push app server on "
+        "[appserver] domain, which sends to APNs and FCM; see [appserver]).")
 
 
 @dataclass(frozen=True)
@@ -564,6 +597,141 @@ class StreamMgmtConfig:
 
 
 @dataclass(frozen=True)
+class PushConfig:
+    """Settings of the push module (XEP-0357 Push Notifications: the account side)."""
+
+    max_registrations: int = _option(
+        5, Int(1, 100, "devices"),
+        "Push registrations kept per account; enabling one more forgets the least "
+        "recently used.")
+    registration_expiry: float = _option(
+        30.0, Number(1, 3650, note="days"),
+        "A registration without a successful push for this long is forgotten.")
+    coalesce_window: float = _option(
+        2.0, Number(0, 600, note=_SECONDS),
+        "The first push for a device goes out at once; what matters within this window "
+        "after it is merged into one trailing push. Calls are never delayed or merged.")
+    max_strikes: int = _option(
+        5, Int(1, 1000, "failures"),
+        "Consecutive failed pushes (errors other than 'wait') after which a registration "
+        "is disabled; a dead token reported by the app server disables it at once.")
+    include_sender: bool = _option(
+        False, Bool(),
+        "Tell the app server who sent the last message (last-message-sender); off for "
+        "privacy: the app server and Apple/Google then learn only that something arrived.")
+    include_body: bool = _option(
+        False, Bool(),
+        "Tell the app server the text of the last message (last-message-body); off for "
+        "privacy. Encrypted messages never have their text sent.")
+
+
+@dataclass(frozen=True)
+class PushApp:
+    """One app the push app server can reach: an iOS app through APNs or an Android app through FCM."""
+
+    name: str
+    type: str                       # "apns" | "fcm"
+    push_modules: tuple[str, ...]   # Monal/fpush 'pushModule' names that mean this app
+    key_file: str = ""              # APNs: the .p8 token-signing key
+    key_id: str = ""
+    team_id: str = ""
+    topic: str = ""                 # APNs: the app's bundle id
+    sandbox: bool = False
+    service_account_file: str = ""  # FCM: the service account JSON
+    project_id: str = ""
+
+
+# key -> (validator, types that require it, help)
+PUSH_APP_KEYS: dict[str, tuple[Validator, tuple[str, ...], str]] = {
+    "type": (OneOf(("apns", "fcm")), ("apns", "fcm"), "apns for iOS apps, fcm for Android apps."),
+    "push_modules": (Strings("distinct names", item=lambda text: _name(text)), (),
+                     "pushModule names (Monal/fpush style registration) that mean this app."),
+    "key_file": (Path("a file path", readable=True), ("apns",),
+                 "APNs: the token-signing key (AuthKey_XXXXXXXXXX.p8) from Apple's developer account."),
+    "key_id": (Text(), ("apns",), "APNs: the key's id (the XXXXXXXXXX of its file name)."),
+    "team_id": (Text(), ("apns",), "APNs: the Apple developer team id."),
+    "topic": (Text(), ("apns",), "APNs: the app's bundle id; VoIP pushes go to <topic>.voip."),
+    "sandbox": (Bool(), (), "APNs: use the development (sandbox) environment."),
+    "service_account_file": (Path("a file path", readable=True), ("fcm",),
+                             "FCM: the Firebase service account JSON file."),
+    "project_id": (Text(), (), "FCM: the Firebase project id (default: the one in the service account file)."),
+}
+
+
+@dataclass(frozen=True)
+class PushApps(Validator):
+    """[appserver.apps.NAME] tables, each one app."""
+
+    type = "table of tables"
+
+    def describe(self) -> str:
+        return "tables [appserver.apps.NAME] with the keys listed under [appserver.apps.NAME]"
+
+    def convert(self, value: object, base_dir: str) -> tuple[PushApp, ...]:
+        if isinstance(value, tuple):
+            return value   # the declared default
+        if not isinstance(value, dict):
+            raise self.refuse()
+        apps = []
+        for name, table in value.items():
+            where = f"[appserver.apps.{_toml_key(name)}]"
+            if not isinstance(table, dict):
+                raise Invalid(f"must be a table, written as a {where} section", where=where, value=table)
+            for key in table:
+                if key not in PUSH_APP_KEYS:
+                    hint = _did_you_mean(key, list(PUSH_APP_KEYS), str)
+                    raise Invalid(f"unknown key{hint}; allowed keys in {where}: {', '.join(PUSH_APP_KEYS)}",
+                                  where=f"{where} {_toml_key(key)}", value=table[key])
+            fields: dict[str, object] = {}
+            app_type = None
+            for key, (validator, required_for, _) in PUSH_APP_KEYS.items():
+                if key not in table:
+                    continue
+                try:
+                    fields[key] = validator.convert(table[key], base_dir)
+                except Invalid as error:
+                    raise Invalid(str(error), where=f"{where} {key}", value=table[key]) from None
+                if key == "type":
+                    app_type = fields[key]
+            if app_type is None:
+                raise Invalid('is missing; must be "apns" or "fcm"', where=f"{where} type")
+            for key, (_, required_for, _) in PUSH_APP_KEYS.items():
+                if app_type in required_for and not fields.get(key):
+                    raise Invalid(f"is missing; {app_type} apps need it", where=f"{where} {key}")
+            apps.append(PushApp(name=name, push_modules=fields.pop("push_modules", ()), **fields))
+        return tuple(apps)
+
+
+@dataclass(frozen=True)
+class AppServerConfig:
+    """Settings of the appserver module: the built-in push app server (XEP-0357 app server)."""
+
+    domain: str = _option(
+        "", Text(empty_ok=True),
+        'The app server\'s own domain; "" means push.<[server] domain>. Clients register '
+        "with it and their server publishes notifications to it.")
+    default_apns_app: str = _option(
+        "", Text(empty_ok=True),
+        "The app that Conversations-style (register-push-apns) registrations belong to; "
+        '"" refuses them.')
+    default_fcm_app: str = _option(
+        "", Text(empty_ok=True),
+        "The app that Conversations-style (register-push-fcm) registrations belong to; "
+        '"" refuses them.')
+    rate_limit: float = _option(
+        1.0, Number(0.01, 1000, note="pushes per second"),
+        "Pushes per second to one device; faster ones are delayed, never dropped. Calls "
+        "are never delayed.")
+    rate_burst: int = _option(
+        5, Int(1, 1000, "pushes"),
+        "Pushes to one device that may go out at once before rate_limit applies.")
+    apps: tuple = _option(
+        (), PushApps(),
+        "The apps this app server sends to, one [appserver.apps.NAME] table each (keys "
+        "below).")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; ``path`` is the file it came from, if any."""
 
@@ -580,6 +748,8 @@ class Config:
     offline: OfflineConfig = field(default_factory=OfflineConfig)
     csi: CSIConfig = field(default_factory=CSIConfig)
     stream_mgmt: StreamMgmtConfig = field(default_factory=StreamMgmtConfig)
+    push: PushConfig = field(default_factory=PushConfig)
+    appserver: AppServerConfig = field(default_factory=AppServerConfig)
 
 
 @dataclass(frozen=True)
@@ -648,7 +818,25 @@ def _admins_are_local(get: Lookup) -> Iterator[tuple[str, str, str]]:
                f"{_toml_string(domain)}")
 
 
-_RULES = (_dsn_for_postgresql, _tls_files_when_needed, _distinct_ports, _admins_are_local)
+def _push_apps_consistent(get: Lookup) -> Iterator[tuple[str, str, str]]:
+    apps = {app.name: app for app in get("appserver", "apps")}
+    for key, app_type in (("default_apns_app", "apns"), ("default_fcm_app", "fcm")):
+        name = get("appserver", key)
+        if name and (name not in apps or apps[name].type != app_type):
+            known = _quoted(tuple(n for n, a in apps.items() if a.type == app_type)) or "none"
+            yield "appserver", key, f"must name an {app_type} app of [appserver.apps] (there: {known})"
+    owners: dict[str, str] = {}
+    for app in apps.values():
+        for module in app.push_modules:
+            if module in owners:
+                yield (f"appserver.apps.{_toml_key(app.name)}", "push_modules",
+                       f'"{module}" is listed by [appserver.apps.{_toml_key(owners[module])}] too; '
+                       "a pushModule names one app")
+            owners[module] = app.name
+
+
+_RULES = (_dsn_for_postgresql, _tls_files_when_needed, _distinct_ports, _admins_are_local,
+          _push_apps_consistent)
 
 
 # --- loading -------------------------------------------------------------------
@@ -703,7 +891,11 @@ def _build(data: dict, source: str, base_dir: str, rules: bool, check_files: boo
                 values[section, key] = validator.convert(raw, base_dir)
             except Invalid as error:
                 failed.add((section, key))
-                errors.append(f"{source}: [{section}] {key} = {toml_value(raw)}: {error}")
+                if error.where is not None:
+                    shown_value = "" if error.value is None else f" = {toml_value(error.value)}"
+                    errors.append(f"{source}: {error.where}{shown_value}: {error}")
+                else:
+                    errors.append(f"{source}: [{section}] {key} = {toml_value(raw)}: {error}")
 
     def get(section: str, key: str) -> object:
         if (section, key) in failed:
@@ -713,9 +905,8 @@ def _build(data: dict, source: str, base_dir: str, rules: bool, check_files: boo
     for rule in _RULES if rules else ():
         try:
             for section, key, message in rule(get):
-                errors.append(
-                    f"{source}: [{section}] {key} = {toml_value(shown[section, key])}: "
-                    f"{message}")
+                value = f" = {toml_value(shown[section, key])}" if (section, key) in shown else ""
+                errors.append(f"{source}: [{section}] {key}{value}: {message}")
         except _Skip:
             pass
 
@@ -786,7 +977,17 @@ def render_config(config: Config) -> str:
     for section, options in _BY_SECTION.items():
         values = getattr(config, section)
         lines += ["", f"[{section}]"]
-        lines += [f"{key} = {toml_value(getattr(values, key))}" for key in options]
+        tables = []
+        for key, option in options.items():
+            value = getattr(values, key)
+            if option.type == "table of tables":
+                tables += [(f"{section}.{key}.{_toml_key(app.name)}", app) for app in value]
+            else:
+                lines.append(f"{key} = {toml_value(value)}")
+        for name, app in tables:
+            lines += ["", f"[{name}]"]
+            lines += [f"{key} = {toml_value(getattr(app, key))}" for key in PUSH_APP_KEYS
+                      if getattr(app, key) not in ("", ())]
     return "\n".join(lines) + "\n"
 
 
@@ -804,4 +1005,10 @@ def options_markdown() -> str:
                   f"{cell(o.validator.describe())} | {cell(o.help)} |"
                   for o in _BY_SECTION[section].values()]
         parts.append("")
+        if section == "appserver":
+            parts += ["### [appserver.apps.NAME]", "", PushApp.__doc__.strip(), "",
+                      "| Key | Required for | Allowed values | Description |", "|---|---|---|---|"]
+            parts += [f"| `{key}` | {', '.join(required) or 'optional'} | {cell(validator.describe())} | "
+                      f"{cell(help_)} |" for key, (validator, required, help_) in PUSH_APP_KEYS.items()]
+            parts.append("")
     return "\n".join(parts)
