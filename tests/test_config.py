@@ -109,6 +109,7 @@ BAD = [
     ("push", "max_strikes", "0", "must be an integer from 1 to 1000 (failures)"),
     ("push", "include_sender", '"no"', "must be true or false"),
     ("push", "include_body", "1", "must be true or false"),
+    ("push", "hibernation_timeout", "-1", "must be a number from 0 to 2592000 (seconds)"),
     ("appserver", "domain", "5", 'must be a string, or ""'),
     ("appserver", "default_apns_app", "[]", 'must be a string, or ""'),
     ("appserver", "default_fcm_app", "false", 'must be a string, or ""'),
@@ -589,7 +590,7 @@ service_account_file = "{account}"
     ('type = "gcm"', 'test.toml: [appserver.apps.x] type = "gcm": must be one of "apns", "fcm"'),
     ('kind = "fcm"', 'test.toml: [appserver.apps.x] kind = "fcm": unknown key (did you mean key_id?); allowed keys in '
      "[appserver.apps.x]: type, push_modules, key_file, key_id, team_id, topic, sandbox, "
-     "service_account_file, project_id"),
+     "service_account_file, project_id, endpoint, ca_file"),
     ('type = "fcm"', "test.toml: [appserver.apps.x] service_account_file: is missing; fcm apps need it"),
     ('type = "apns"\nkey_id = "K"', "test.toml: [appserver.apps.x] key_file: is missing; apns apps need it"),
 ])

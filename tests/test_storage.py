@@ -14,6 +14,7 @@ import pytest
 
 from xmppd.storage import RosterItem, ScramCredentials, StorageError, migrations, open_storage
 from xmppd.storage.migrations import MIGRATIONS
+from xmppd.storage.models import AppServerRegistration, PushRegistration
 from xmppd.storage.sql import atomic, execute, select
 
 from .storage_fixtures import BACKENDS, backend_config, run, storage  # noqa: F401
@@ -668,6 +669,300 @@ def test_concurrent_calls(storage):
         assert len(await storage.list_pending_subscriptions("alice")) == 20
 
     run(scenario())
+
+
+# -- XEP-0357 push registrations (push_xep0357.py) ---------------------------------
+
+
+def minutes(n: float) -> datetime.timedelta:
+    return datetime.timedelta(minutes=n)
+
+
+OPTIONS = "<x xmlns='jabber:x:data' type='submit'><field var='secret'><value>s</value></field></x>"
+
+
+def keys(registrations):
+    return [(r.jid, r.node) for r in registrations]
+
+
+def test_push_enable_and_list(storage):
+    run(storage.create_user("alice", {}))
+    run(storage.create_user("bob", {}))
+    assert run(storage.push_registrations("alice")) == []
+    assert run(storage.push_enable("alice", "push.example.org", "n1", OPTIONS, T0, 5)) == []
+    assert run(storage.push_enable("alice", "push.example.org", "n2", None, T0 + minutes(1), 5)) == []
+    assert run(storage.push_enable("alice", "other.example.org", "n1", None, T0 + minutes(2), 5)) == []
+    assert run(storage.push_enable("bob", "push.example.org", "n1", None, T0, 5)) == []
+    [first, second, third] = run(storage.push_registrations("alice"))
+    assert first == PushRegistration("alice", "push.example.org", "n1", OPTIONS, T0, None, 0)
+    assert keys([second, third]) == [("push.example.org", "n2"), ("other.example.org", "n1")]
+    assert second.options_xml is None and second.created_at == T0 + minutes(1)
+    assert run(storage.count_push_registrations()) == 4
+    # Stored UTC with microseconds, whatever zone the caller used.
+    zone = datetime.timezone(datetime.timedelta(hours=-7))
+    run(storage.push_enable("bob", "push.example.org", "n2", None, T0.astimezone(zone), 5))
+    assert run(storage.push_registrations("bob"))[1].created_at == T0
+    assert run(storage.push_registrations("bob"))[1].created_at.utcoffset() == datetime.timedelta(0)
+
+
+def test_push_enable_replaces_options_and_resets(storage):
+    run(storage.create_user("alice", {}))
+    run(storage.push_enable("alice", "push.example.org", "n1", OPTIONS, T0, 5))
+    run(storage.push_enable("alice", "push.example.org", "n2", None, T0 + minutes(1), 5))
+    run(storage.push_record_success("alice", "push.example.org", "n1", T0 + minutes(2)))
+    assert run(storage.push_record_failure("alice", "push.example.org", "n1")) == 1
+    assert run(storage.push_record_failure("alice", "push.example.org", "n1")) == 2
+    assert run(storage.push_enable("alice", "push.example.org", "n1", None, T0 + minutes(3), 5)) == []
+    [n2, n1] = run(storage.push_registrations("alice"))  # re-enabled: now the newest
+    assert n1 == PushRegistration("alice", "push.example.org", "n1", None, T0 + minutes(3), T0 + minutes(2), 0)
+    assert n2.node == "n2"
+
+
+def test_push_enable_drops_the_least_recently_used(storage):
+    run(storage.create_user("alice", {}))
+    for i in range(3):
+        assert run(storage.push_enable("alice", "push.example.org", f"n{i}", None, T0 + minutes(i), 3)) == []
+    # n0 is the oldest but was used most recently: n1 goes.
+    run(storage.push_record_success("alice", "push.example.org", "n0", T0 + minutes(10)))
+    dropped = run(storage.push_enable("alice", "push.example.org", "n3", None, T0 + minutes(11), 3))
+    assert keys(dropped) == [("push.example.org", "n1")]
+    assert dropped[0].created_at == T0 + minutes(1)
+    assert keys(run(storage.push_registrations("alice"))) == [
+        ("push.example.org", "n0"), ("push.example.org", "n2"), ("push.example.org", "n3")]
+    # A smaller limit drops several at once; the one being enabled always stays, even with a clock
+    # that went backwards.
+    dropped = run(storage.push_enable("alice", "push.example.org", "n4", None, T0 - minutes(60), 2))
+    assert sorted(keys(dropped)) == [("push.example.org", "n0"), ("push.example.org", "n2")]
+    assert keys(run(storage.push_registrations("alice"))) == [("push.example.org", "n4"), ("push.example.org", "n3")]
+    with pytest.raises(ValueError):
+        run(storage.push_enable("alice", "push.example.org", "n5", None, T0, 0))
+    with pytest.raises(ValueError):
+        run(storage.push_enable("alice", "push.example.org", "n5", None, T0.replace(tzinfo=None), 5))
+
+
+def test_push_enable_needs_the_user(storage):
+    with pytest.raises(StorageError, match="no such user 'nobody'"):
+        run(storage.push_enable("nobody", "push.example.org", "n1", None, T0, 5))
+    assert run(storage.count_push_registrations()) == 0
+
+
+def test_push_enable_concurrent_keeps_the_limit(storage):
+    run(storage.create_user("alice", {}))
+
+    async def scenario():
+        results = await asyncio.gather(
+            *(storage.push_enable("alice", "push.example.org", f"n{i:02}", None, T0 + minutes(i), 3) for i in range(20))
+        )
+        dropped = [r.node for result in results for r in result]
+        left = [r.node for r in await storage.push_registrations("alice")]
+        assert len(left) == 3
+        assert sorted(dropped + left) == [f"n{i:02}" for i in range(20)]
+
+    run(scenario())
+
+
+def test_push_disable(storage):
+    run(storage.create_user("alice", {}))
+    run(storage.push_enable("alice", "push.example.org", "n1", OPTIONS, T0, 5))
+    run(storage.push_enable("alice", "push.example.org", "n2", None, T0 + minutes(1), 5))
+    run(storage.push_enable("alice", "other.example.org", "n1", None, T0 + minutes(2), 5))
+    assert run(storage.push_disable("alice", "push.example.org", "nope")) == []
+    [removed] = run(storage.push_disable("alice", "push.example.org", "n1"))
+    assert removed == PushRegistration("alice", "push.example.org", "n1", OPTIONS, T0, None, 0)
+    run(storage.push_enable("alice", "push.example.org", "n3", None, T0 + minutes(3), 5))
+    assert keys(run(storage.push_disable("alice", "push.example.org", None))) == [
+        ("push.example.org", "n2"), ("push.example.org", "n3")]
+    assert keys(run(storage.push_registrations("alice"))) == [("other.example.org", "n1")]
+    assert run(storage.push_disable("bob", "other.example.org", None)) == []
+
+
+def test_push_strikes(storage):
+    run(storage.create_user("alice", {}))
+    run(storage.push_enable("alice", "push.example.org", "n1", None, T0, 5))
+    assert [run(storage.push_record_failure("alice", "push.example.org", "n1")) for _ in range(3)] == [1, 2, 3]
+    run(storage.push_record_success("alice", "push.example.org", "n1", T0 + minutes(5)))
+    [r] = run(storage.push_registrations("alice"))
+    assert (r.strikes, r.last_success_at) == (0, T0 + minutes(5))
+    assert run(storage.push_record_failure("alice", "push.example.org", "n1")) == 1
+    # Gone: nothing to count, nothing to record.
+    assert run(storage.push_record_failure("alice", "push.example.org", "gone")) == 0
+    run(storage.push_record_success("alice", "push.example.org", "gone", T0))
+    assert run(storage.count_push_registrations()) == 1
+
+
+def test_push_expire(storage):
+    for user in ("alice", "bob"):
+        run(storage.create_user(user, {}))
+    run(storage.push_enable("alice", "push.example.org", "old", None, T0, 5))
+    run(storage.push_enable("alice", "push.example.org", "used", None, T0, 5))
+    run(storage.push_record_success("alice", "push.example.org", "used", T0 + minutes(100)))
+    run(storage.push_enable("bob", "push.example.org", "new", None, T0 + minutes(90), 5))
+    run(storage.push_enable("bob", "push.example.org", "old", None, T0 + minutes(10), 5))
+    expired = run(storage.push_expire(T0 + minutes(60)))
+    assert [(r.username, r.node) for r in expired] == [("alice", "old"), ("bob", "old")]
+    assert run(storage.push_expire(T0 + minutes(60))) == []
+    assert [r.node for r in run(storage.push_registrations("alice"))] == ["used"]
+    assert [r.node for r in run(storage.push_registrations("bob"))] == ["new"]
+    assert run(storage.count_push_registrations()) == 2
+
+
+def test_push_registrations_go_with_the_account(storage):
+    for user in ("alice", "bob"):
+        run(storage.create_user(user, {}))
+        run(storage.push_enable(user, "push.example.org", "n1", OPTIONS, T0, 5))
+    assert run(storage.delete_user("alice")) is True
+    assert raw(storage, "SELECT username FROM push_registrations") == [("bob",)]
+    run(storage.create_user("alice", {}))
+    assert run(storage.push_registrations("alice")) == []
+
+
+# -- the push app server's devices (xmppd/appserver) -----------------------------------
+
+
+def p2(node, owner="alice@example.org", device="dev1", token="tok1", app="conversations", muc=None, secret="s3cr3t"):
+    return AppServerRegistration(node, app, token, owner, secret, device, muc)
+
+
+def nodes(registrations):
+    return [r.node for r in registrations]
+
+
+def test_appserver_register_and_find(storage):
+    stored, dropped = run(storage.appserver_register(p2("n1"), T0, 10))
+    assert dropped == []
+    assert stored == AppServerRegistration("n1", "conversations", "tok1", "alice@example.org", "s3cr3t", "dev1", None,
+                                           T0, T0, None)
+    assert stored.style == "p2"
+    assert run(storage.appserver_registration("n1")) == stored
+    assert run(storage.appserver_registration("nope")) is None
+    # The same device again (a new token): node, secret and created_at stay, so the client's
+    # <enable/> stays valid.
+    again, _ = run(storage.appserver_register(p2("n2", token="tok2", secret="other"), T0 + minutes(1), 10))
+    assert (again.node, again.secret, again.token, again.created_at, again.updated_at) == (
+        "n1", "s3cr3t", "tok2", T0, T0 + minutes(1))
+    assert run(storage.appserver_registration("n2")) is None
+    # A room, another device, another app, another owner: each its own registration.
+    run(storage.appserver_register(p2("room", muc="room@muc.example.org"), T0, 10))
+    run(storage.appserver_register(p2("dev2", device="dev2"), T0, 10))
+    run(storage.appserver_register(p2("apns", app="siskin"), T0, 10))
+    run(storage.appserver_register(p2("bob", owner="bob@example.org"), T0, 10))
+    assert run(storage.appserver_registration("room")).muc == "room@muc.example.org"
+    assert nodes(run(storage.appserver_registrations("alice@example.org"))) == ["apns", "dev2", "n1", "room"]
+    assert nodes(run(storage.appserver_registrations())) == ["apns", "dev2", "n1", "room", "bob"]
+    assert run(storage.count_appserver_registrations()) == {"conversations": 4, "siskin": 1}
+    with pytest.raises(ValueError):
+        run(storage.appserver_register(p2("x", secret=None), T0, 10))
+
+
+def test_appserver_register_limits_each_owner(storage):
+    for i in range(3):
+        run(storage.appserver_register(p2(f"n{i}", device=f"d{i}"), T0 + minutes(i), 3))
+    run(storage.appserver_touch("n0", T0 + minutes(10)))  # used lately: n1 is the least recently used
+    stored, dropped = run(storage.appserver_register(p2("n3", device="d3"), T0 + minutes(11), 3))
+    assert stored.node == "n3" and nodes(dropped) == ["n1"]
+    assert nodes(run(storage.appserver_registrations("alice@example.org"))) == ["n0", "n2", "n3"]
+    # Monal-style rows of the owner do not count against it.
+    run(storage.appserver_seen("monaltoken", "monal", "alice@example.org", T0))
+    _, dropped = run(storage.appserver_register(p2("n4", device="d2", token="new"), T0 + minutes(12), 3))
+    assert dropped == []
+
+
+def test_appserver_unregister(storage):
+    run(storage.appserver_register(p2("n1"), T0, 10))
+    run(storage.appserver_register(p2("room1", muc="r1@muc.example.org"), T0, 10))
+    run(storage.appserver_register(p2("room2", muc="r2@muc.example.org"), T0, 10))
+    run(storage.appserver_register(p2("other", device="dev2"), T0, 10))
+    run(storage.appserver_register(p2("apns", app="siskin"), T0, 10))
+    assert run(storage.appserver_unregister("conversations", "alice@example.org", "nope", None)) == []
+    assert nodes(run(storage.appserver_unregister("conversations", "alice@example.org", "dev1",
+                                                  "r1@muc.example.org"))) == ["room1"]
+    assert nodes(run(storage.appserver_unregister("conversations", "alice@example.org", "dev1", None))) == [
+        "n1", "room2"]
+    assert nodes(run(storage.appserver_registrations())) == ["apns", "other"]
+    run(storage.appserver_register(p2("bob", owner="bob@example.org"), T0, 10))
+    run(storage.appserver_seen("monal", "monal", "alice@example.org", T0))
+    assert nodes(run(storage.appserver_delete_owner("alice@example.org"))) == ["apns", "monal", "other"]
+    assert nodes(run(storage.appserver_registrations())) == ["bob"]
+    assert run(storage.appserver_delete_owner("alice@example.org")) == []
+
+
+def test_appserver_remove_only_the_dead_token(storage):
+    run(storage.appserver_register(p2("n1", token="old"), T0, 10))
+    run(storage.appserver_register(p2("n1", token="new"), T0 + minutes(1), 10))  # re-registered meanwhile
+    assert run(storage.appserver_remove("n1", "old")) is False
+    assert run(storage.appserver_registration("n1")).token == "new"
+    assert run(storage.appserver_remove("n1", "new")) is True
+    assert run(storage.appserver_registration("n1")) is None
+    assert run(storage.appserver_remove("n1", "new")) is False
+
+
+def test_appserver_monal_style_rows(storage):
+    run(storage.appserver_seen("ab" * 32, "monal", "alice@example.org", T0))
+    row = run(storage.appserver_registration("ab" * 32))
+    assert row == AppServerRegistration("ab" * 32, "monal", "ab" * 32, "alice@example.org", None, None, None,
+                                        T0, T0, T0)
+    assert row.style == "module"
+    run(storage.appserver_seen("ab" * 32, "monal2", "bob@example.org", T0 + minutes(5)))
+    row = run(storage.appserver_registration("ab" * 32))
+    assert (row.app, row.owner, row.created_at, row.last_used_at) == ("monal2", "alice@example.org", T0, T0 + minutes(5))
+    # A p2 registration's node is never turned into a secretless one.
+    run(storage.appserver_register(p2("n1"), T0, 10))
+    run(storage.appserver_seen("n1", "monal", "mallory@example.org", T0 + minutes(6)))
+    assert run(storage.appserver_registration("n1")) == AppServerRegistration(
+        "n1", "conversations", "tok1", "alice@example.org", "s3cr3t", "dev1", None, T0, T0, None)
+
+
+def test_appserver_touch_and_expire(storage):
+    run(storage.appserver_register(p2("old", device="d1"), T0, 10))
+    run(storage.appserver_register(p2("used", device="d2"), T0, 10))
+    run(storage.appserver_touch("used", T0 + minutes(100)))
+    run(storage.appserver_register(p2("renewed", device="d3", token="a"), T0, 10))
+    run(storage.appserver_register(p2("renewed", device="d3", token="b"), T0 + minutes(90), 10))
+    run(storage.appserver_seen("monal-old", "monal", "bob@example.org", T0))
+    run(storage.appserver_touch("nope", T0))
+    assert run(storage.appserver_registration("used")).last_used_at == T0 + minutes(100)
+    assert nodes(run(storage.appserver_expire(T0 + minutes(60)))) == ["old", "monal-old"]
+    assert nodes(run(storage.appserver_registrations())) == ["renewed", "used"]
+    assert run(storage.appserver_expire(T0 + minutes(60))) == []
+    assert run(storage.count_appserver_registrations()) == {"conversations": 2}
+
+
+PUSH_MIGRATION = 3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_push_migration_upgrades_an_existing_database(backend, tmp_path, monkeypatch):
+    """A database of schema 2 gets the push tables on the next open; accounts from before are covered
+    by the cascade."""
+
+    async def scenario():
+        config, remove = await backend_config(backend, tmp_path)
+        try:
+            with monkeypatch.context() as m:
+                m.setattr(migrations, "MIGRATIONS", [mg for mg in MIGRATIONS if mg.version < PUSH_MIGRATION])
+                old = await open_storage(backend, **config)
+                try:
+                    await old.create_user("alice", {"SCRAM-SHA-256": SHA256})
+                    await old.write_message_queue([("alice", "<message/>", T0, None)], [])
+                    with pytest.raises(StorageError):
+                        await old.push_registrations("alice")
+                finally:
+                    await old.close()
+            new = await open_storage(backend, **config)
+            try:
+                assert [v for (v,) in await new._run(_versions)] == [m.version for m in MIGRATIONS]
+                assert len(await new.list_queued("alice")) == 1
+                await new.push_enable("alice", "push.example.org", "n1", None, T0, 5)
+                await new.appserver_register(p2("n1"), T0, 10)
+                assert await new.delete_user("alice") is True
+                assert await new.count_push_registrations() == 0
+                assert await new.count_appserver_registrations() == {"conversations": 1}  # not an account's
+            finally:
+                await new.close()
+        finally:
+            await remove()
+
+    asyncio.run(scenario())
 
 
 # -- opening, migrations, durability ----------------------------------------------

@@ -95,6 +95,19 @@ def test_a_hibernated_stream_expires_at_the_end_of_its_window():
     assert sm.poll(1300.0) == "expire"
 
 
+def test_an_extended_hibernation_suspends_presence_first_then_expires():
+    sm = queue()
+    sm.window = 300
+    sm.extension = 1000
+    sm.hibernated_at = 0.0
+    assert sm.deadline() == 300.0
+    assert sm.poll(300.0) == "suspend"
+    sm.presence_suspended = True
+    assert sm.deadline() == 1300.0
+    assert sm.poll(1299.0) is None
+    assert sm.poll(1300.0) == "expire"
+
+
 @pytest.mark.parametrize("text, value", [("0", 0), ("4294967295", WRAP - 1), ("4294967296", None),
                                          ("-1", None), ("1.5", None), ("", None), (None, None), ("١٢", None)])
 def test_parse_h(text, value):

@@ -623,6 +623,12 @@ class PushConfig:
         False, Bool(),
         "Tell the app server the text of the last message (last-message-body); off for "
         "privacy. Encrypted messages never have their text sent.")
+    hibernation_timeout: float = _option(
+        259200.0, Number(0, 2592000, note=_SECONDS),
+        "How long a hibernated session of a device with push stays resumable, so that the "
+        "app a push woke resumes instead of starting over. After [stream_mgmt] "
+        "resume_timeout its contacts see it offline; messages go to offline storage and "
+        "come back when it resumes. 0: no longer than resume_timeout.")
 
 
 @dataclass(frozen=True)
@@ -639,6 +645,8 @@ class PushApp:
     sandbox: bool = False
     service_account_file: str = ""  # FCM: the service account JSON
     project_id: str = ""
+    endpoint: str = ""              # another APNs host:port or FCM base URL (a proxy, a test double)
+    ca_file: str = ""               # APNs: the CA to trust for that endpoint
 
 
 # key -> (validator, types that require it, help)
@@ -655,6 +663,10 @@ PUSH_APP_KEYS: dict[str, tuple[Validator, tuple[str, ...], str]] = {
     "service_account_file": (Path("a file path", readable=True), ("fcm",),
                              "FCM: the Firebase service account JSON file."),
     "project_id": (Text(), (), "FCM: the Firebase project id (default: the one in the service account file)."),
+    "endpoint": (Text(), (), 'Where to send instead of Apple\'s or Google\'s servers: "host:port" for APNs, '
+                 "a base URL for FCM (a proxy, or a local test double)."),
+    "ca_file": (Path("a file path", readable=True), (),
+                "APNs with an endpoint: the CA certificate that endpoint's TLS certificate is checked against."),
 }
 
 

@@ -179,6 +179,9 @@ class Running:
         deadline = loop.time() + CLOSE_GRACE + 1
         while any(factory.connections for factory in self.factories) and loop.time() < deadline:
             await asyncio.sleep(0.05)
+        for module in (self.server.modules.values() if self.server is not None else ()):
+            if hasattr(module, "close"):
+                await module.close()   # the push app server answers what waits and closes its providers
         cancelled = await drain(timeout=10.0)
         if cancelled:
             log.warning("stopped %d tasks that did not finish in time", cancelled)

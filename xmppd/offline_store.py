@@ -63,6 +63,7 @@ class OfflineStore:
             await settle(self.server.router.bounce(
                 stanza, "resource-constraint", "the recipient is offline and their message store is full"))
             return
+        self.server.fire("parked", to.local, stanza, None)   # push may wake a phone
         # A resource may have come online while the message was being stored: it must not wait for the
         # next login.
         self.hand_over(str(to))

@@ -165,6 +165,21 @@ class Presence:
         for target in targets:
             self._route(_addressed(stanza, target), _jid(target), session)
 
+    def suspend(self, session: "Session") -> etree._Element | None:
+        """A hibernated session stays resumable long after its window (push) but must not look online
+        for that long: contacts get unavailable presence now. Returns the presence to restore()."""
+        saved = session.presence
+        if session.available or session.directed:
+            unavailable = make("presence", {"type": "unavailable", "from": session.full})
+            run_soon(self._unavailable(session, unavailable), f"unavailable broadcast for {session.full}")
+        return saved
+
+    def restore(self, session: "Session", presence: etree._Element | None) -> None:
+        """The suspended session was resumed: it is online again, as if it had sent its presence anew
+        (contacts' presence, waiting subscription requests and offline messages follow)."""
+        if presence is not None:
+            run_soon(self._available(session, presence), f"presence of {session.full} after resumption")
+
     def _session_ended(self, session: "Session") -> None:
         """RFC 6121 §4.5.1: a session that ends without saying so goes unavailable."""
         if not session.available and not session.directed:
@@ -276,6 +291,8 @@ class Presence:
             stanza.set("to", str(user))
             if kind == "subscribe" and outcome.state.pending_in and not before.pending_in:
                 await self._storage.add_pending_subscription(username, sender_text, serialize(stanza).decode())
+                if not self.server.available_sessions(str(user)):
+                    self.server.fire("parked", username, stanza, None)   # push may wake a phone
             item, version = await self._store_state(username, sender_text, item, before, outcome.state,
                                                     create=False)
             if outcome.route:

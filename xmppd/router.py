@@ -63,6 +63,10 @@ class Router:
     def route(self, stanza: etree._Element, to: JID, origin: "Session | None" = None) -> Awaitable | None:
         """Deliver a stanza whose 'from' is trustworthy to `to`."""
         if to.domain != self.server.domain:
+            component = self.server.components.get(to.domain)
+            if component is not None:
+                component(stanza)
+                return None
             # No server-to-server connections yet (RFC 6120 §10.4.3).
             if stanza.tag == PRESENCE:
                 return None
@@ -89,7 +93,8 @@ class Router:
         tag = stanza.tag
         if tag == IQ:
             if stanza.get("type") in ("result", "error"):
-                return None  # answers to the server's own pings
+                self.server.answered(stanza)   # answers to the server's own requests (and pings)
+                return None
             return self._call_iq_handler(stanza, "server", to, origin)
         if tag == MESSAGE:
             return self.bounce(stanza, "service-unavailable", "the server does not take messages")
@@ -103,12 +108,11 @@ class Router:
         if tag == PRESENCE:
             return self.server.modules["presence"].inbound(stanza, to)
         # RFC 6121 §8.5.2.1.3 / §8.5.2.2.3: the server answers iqs to a bare JID for the account.
-        if stanza.get("type") in ("result", "error"):
-            return None
         return self._iq_to_account(stanza, to, origin)
 
     def _iq_to_account(self, iq: etree._Element, to: JID, origin: "Session | None") -> Awaitable | None:
         if iq.get("type") in ("result", "error"):
+            self.server.answered(iq)   # answers to requests the server made for the account (push)
             return None
         if self.server.sessions_of(str(to)):
             return self._call_iq_handler(iq, "account", to, origin)

@@ -8,6 +8,7 @@ way Prosody's mod_*.lua files do; the core never grows a branch per XEP.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 import secrets
@@ -16,7 +17,7 @@ from typing import Any, Awaitable, Callable, Iterable
 
 from lxml import etree
 
-from .aio import run_soon
+from .aio import run_soon, settle
 from .config import Config
 from .jid import JID
 from .journal import Journal
@@ -30,7 +31,7 @@ log = logging.getLogger("xmppd.server")
 # Always loaded: the RFC 6121 core and what every client probes for.
 CORE_MODULES = ("roster", "presence", "disco", "ping")
 # Where a module's name in the config differs from its file name.
-MODULE_FILES = {"offline": "offline_store"}
+MODULE_FILES = {"offline": "offline_store", "push": "push_xep0357", "appserver": "appserver.hosted"}
 
 # Whom an iq handler answers for: the server itself (to='domain' or its resources) or a local account
 # (to='user@domain', or no 'to' from that user's own session).
@@ -60,6 +61,9 @@ class Server:
         self._stream_features: list[Callable[[], etree._Element]] = []
         self._nonza_handlers: dict[str, Callable[[Session, etree._Element], None]] = {}
         self.modules: dict[str, Any] = {}
+        # Services hosted in this process on their own domains (the push app server): domain -> handler.
+        self.components: dict[str, Callable[[etree._Element], None]] = {}
+        self._awaited_iqs: dict[str, tuple[str, asyncio.Future]] = {}   # id -> (expected sender, answer)
         # RFC 3921 session establishment, still sent by old clients: accepted and answered, a no-op.
         self.add_iq_handler(qname(NS_SESSION, "session"), _legacy_session, scopes=(SCOPE_SERVER, SCOPE_ACCOUNT))
 
@@ -114,10 +118,41 @@ class Server:
     def stream_features(self) -> list[etree._Element]:
         return [make_element() for make_element in self._stream_features]
 
+    def add_component(self, domain: str, handle: Callable[[etree._Element], None]) -> None:
+        """Host a service on `domain` in this process: the router hands it every stanza addressed
+        there; it answers through router.route()."""
+        if domain == self.domain or domain in self.components:
+            raise ValueError(f"{domain} is served already")
+        self.components[domain] = handle
+
+    async def request(self, iq: etree._Element, timeout: float = 30.0) -> etree._Element:
+        """Send an iq get/set that the server itself makes (for an account or for itself) and wait for
+        the answer: a result or an error element. Raises TimeoutError. Answers from anyone but the
+        addressee are ignored, so a third party cannot fake one."""
+        iq_id = iq.get("id") or secrets.token_hex(8)
+        iq.set("id", iq_id)
+        answer = asyncio.get_running_loop().create_future()
+        self._awaited_iqs[iq_id] = (iq.get("to"), answer)
+        try:
+            await settle(self.router.route(iq, JID.parse(iq.get("to"))))
+            return await asyncio.wait_for(answer, timeout)
+        finally:
+            self._awaited_iqs.pop(iq_id, None)
+
+    def answered(self, stanza: etree._Element) -> bool:
+        """An iq result or error: True if it answers a request() (and was taken)."""
+        awaited = self._awaited_iqs.get(stanza.get("id"))
+        if awaited is None or awaited[0] != stanza.get("from") or awaited[1].done():
+            return False
+        awaited[1].set_result(stanza)
+        return True
+
     # ------------------------------------------------------------ hooks
     def on(self, event: str, callback: Callable) -> None:
         """Run `callback` when `event` fires. Hooks in use: 'session-bound' (session),
-        'session-ended' (session), 'initial-presence' (session), 'account-deleted' (username)."""
+        'session-ended' (session), 'session-resumed' (session), 'initial-presence' (session),
+        'account-deleted' (username), 'parked' (username, stanza, session or None: a stanza for the
+        account waits in a hibernated session's queue or in offline storage)."""
         self._hooks[event].append(callback)
 
     def fire(self, event: str, *args: Any) -> list[Awaitable]:

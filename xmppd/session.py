@@ -81,6 +81,8 @@ class Session:
             return
         if data is None:
             data = serialize(element)
+        if self.sm is not None and self.sm.hibernated_at is not None:
+            self.server.fire("parked", self.username, element, self)   # push may wake the phone
         if self.outbound_filter is None:
             self.transmit(data, entry)
             return

@@ -85,7 +85,8 @@ class AckQueue:
 
     __slots__ = ("resume_id", "window", "handled", "acked", "queue", "request_after", "request_delay",
                  "ack_timeout", "requested_at", "_unrequested", "_first_unrequested_at", "overflowed",
-                 "hibernated_at", "timer", "timer_deadline", "resuming")
+                 "hibernated_at", "extension", "presence_suspended", "saved_presence", "timer", "timer_deadline",
+                 "resuming")
 
     def __init__(self, *, resume_id: str | None = None, window: float = 0.0, request_after: int = 5,
                  request_delay: float = 10.0, ack_timeout: float = 60.0) -> None:
@@ -102,6 +103,11 @@ class AckQueue:
         self._first_unrequested_at = 0.0
         self.overflowed = False                   # the queue reached its bound: messages go to offline storage
         self.hibernated_at: float | None = None
+        # Seconds a hibernated session is kept beyond the window with its presence gone (push asks for it,
+        # so that a phone woken by a push can still resume), and whether that time has begun.
+        self.extension = 0.0
+        self.presence_suspended = False
+        self.saved_presence: Any = None
         self.timer: Any = None                    # the module's one IDelayedCall for this stream
         self.timer_deadline: float | None = None
         self.resuming = False
@@ -145,7 +151,7 @@ class AckQueue:
     def deadline(self) -> float | None:
         """When poll() must run next; None if nothing is waiting for time."""
         if self.hibernated_at is not None:
-            return self.hibernated_at + self.window
+            return self.hibernated_at + self.window + (self.extension if self.presence_suspended else 0.0)
         if self.requested_at is not None:
             return self.requested_at + self.ack_timeout
         if self._unrequested:
@@ -153,10 +159,13 @@ class AckQueue:
         return None
 
     def poll(self, now: float) -> str | None:
-        """What time requires now: "expire" (the hibernation window is over), "timeout" (the client
-        left an <r/> unanswered too long), "request" (ask for an ack), or None."""
+        """What time requires now: "expire" (the hibernation window is over), "suspend" (the window is
+        over but an extension follows: presence goes, the session stays), "timeout" (the client left an
+        <r/> unanswered too long), "request" (ask for an ack), or None."""
         if self.hibernated_at is not None:
-            return "expire" if now >= self.hibernated_at + self.window else None
+            if now < self.deadline():
+                return None
+            return "suspend" if self.extension and not self.presence_suspended else "expire"
         if self.requested_at is not None:
             return "timeout" if now >= self.requested_at + self.ack_timeout else None
         if self._unrequested and now >= self._first_unrequested_at + self.request_delay:
@@ -379,9 +388,10 @@ class StreamManagementModule:
         sm.hibernated_at = self.clock.seconds()
         sm.requested_at = None
         session.connection = HIBERNATING
+        self.server.fire("session-hibernated", session)   # push may extend the stay (sm.extension)
         self._arm(session)
-        log.info("%s hibernated: resumable for %d s, %d stanzas unacknowledged", session.full, sm.window,
-                 len(sm.queue))
+        log.info("%s hibernated: resumable for %d s, %d stanzas unacknowledged", session.full,
+                 sm.window + sm.extension, len(sm.queue))
         return True
 
     async def resume(self, username: str, previd: str, h: int) -> "Session":
@@ -424,6 +434,10 @@ class StreamManagementModule:
         sm.hibernated_at = None
         session.connection = connection
         connection.write(resumed_bytes(sm.resume_id, sm.handled))
+        if sm.presence_suspended:
+            sm.presence_suspended = False
+            self.server.modules["presence"].restore(session, sm.saved_presence)
+            sm.saved_presence = None
         for item in sm.queue:
             queued_at = datetime.fromtimestamp(item.queued_at, timezone.utc)
             connection.write(with_delay(item.data, queued_at, self.server.domain))
@@ -431,6 +445,7 @@ class StreamManagementModule:
             connection.write(REQUEST_BYTES)
             sm.requested(self.clock.seconds())
         log.info("%s resumed from %s: %d stanzas sent again", session.full, connection.address, len(sm.queue))
+        self.server.fire("session-resumed", session)
         self._arm(session)
         if sm.overflowed:
             self._end_overflow(session)
@@ -504,8 +519,15 @@ class StreamManagementModule:
         now = self.clock.seconds()
         action = sm.poll(now)
         if action == "expire":
-            log.info("%s: resumption window of %d s is over; the session ends", session.full, sm.window)
+            log.info("%s: resumption window is over; the session ends", session.full)
             self.server.unbind(session)
+            return
+        if action == "suspend":
+            log.info("%s: resumption window of %d s is over; contacts see it offline, it stays resumable "
+                     "%.0f s more for its push-woken device", session.full, sm.window, sm.extension)
+            sm.presence_suspended = True
+            sm.saved_presence = self.server.modules["presence"].suspend(session)
+            self._arm(session)
             return
         if action == "timeout":
             log.info("%s did not acknowledge stanzas for %.0f s: connection considered dead", session.full,

@@ -16,7 +16,7 @@ import abc
 from collections.abc import Sequence
 from datetime import datetime
 
-from .models import RosterItem, ScramCredentials
+from .models import AppServerRegistration, PushRegistration, RosterItem, ScramCredentials
 
 
 class StorageError(Exception):
@@ -24,7 +24,7 @@ class StorageError(Exception):
 
 
 class Storage(abc.ABC):
-    """Accounts, rosters, pending subscriptions, vCards, offline messages and server settings."""
+    """Accounts, rosters, pending subscriptions, vCards, offline messages, push registrations and settings."""
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -169,3 +169,108 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def set_setting_if_absent(self, key: str, value: str) -> str:
         """Store value unless the key is set; returns what is stored now (atomic across processes)."""
+
+    # -- XEP-0357 push registrations of accounts (push_xep0357.py) -------------------
+    # One row per (account, app server JID, node); deleted with the account. Times are
+    # aware datetimes; they come back as UTC with their microseconds.
+
+    @abc.abstractmethod
+    async def push_enable(
+        self, username: str, jid: str, node: str, options_xml: str | None, now: datetime, max_registrations: int
+    ) -> list[PushRegistration]:
+        """Insert or replace the registration (username, jid, node), atomically.
+
+        Replacing one sets its options, resets its strikes and makes created_at
+        now (last_success_at is kept). If the account then has more than
+        max_registrations, the least recently used ones (oldest max(created_at,
+        last_success_at)) are deleted and returned; the one just enabled never is.
+        Concurrent calls for one account never leave more than max_registrations.
+        StorageError if the user does not exist.
+        """
+
+    @abc.abstractmethod
+    async def push_disable(self, username: str, jid: str, node: str | None) -> list[PushRegistration]:
+        """Delete the registration (username, jid, node), or with node None all of the account's at jid; returns them."""
+
+    @abc.abstractmethod
+    async def push_registrations(self, username: str) -> list[PushRegistration]:
+        """The account's registrations, oldest (created_at) first."""
+
+    @abc.abstractmethod
+    async def push_record_success(self, username: str, jid: str, node: str, now: datetime) -> None:
+        """A push went through: strikes = 0, last_success_at = now (nothing if the registration is gone)."""
+
+    @abc.abstractmethod
+    async def push_record_failure(self, username: str, jid: str, node: str) -> int:
+        """A push failed: strikes + 1; returns the new count, 0 if the registration is gone."""
+
+    @abc.abstractmethod
+    async def push_expire(self, unused_since: datetime) -> list[PushRegistration]:
+        """Delete and return every registration whose max(created_at, last_success_at) is before unused_since."""
+
+    @abc.abstractmethod
+    async def count_push_registrations(self) -> int:
+        """Number of registrations of all accounts."""
+
+    # -- the push app server's devices (xmppd/appserver) --------------------------------
+    # Node -> device token, for the app server hosted in-process and for the one run on
+    # its own (which opens its own store). Owners are bare JIDs, possibly of other servers,
+    # so rows are not tied to accounts: unused ones expire (appserver_expire).
+
+    @abc.abstractmethod
+    async def appserver_register(
+        self, registration: AppServerRegistration, now: datetime, max_per_owner: int
+    ) -> tuple[AppServerRegistration, list[AppServerRegistration]]:
+        """A Conversations/p2-style registration (secret and device_id set), atomically.
+
+        If (app, owner, device_id, muc) is registered already, only its token is
+        replaced (updated_at = now) and it keeps its node, secret and created_at,
+        so the client's <enable/> stays valid; otherwise the registration is
+        inserted with created_at = updated_at = now. Returns (what is stored now,
+        registrations of the owner deleted because it has more than
+        max_per_owner of this kind: the least recently used go, never this one).
+        On PostgreSQL two concurrent calls for one owner may leave one more than
+        max_per_owner until the next call.
+        """
+
+    @abc.abstractmethod
+    async def appserver_registration(self, node: str) -> AppServerRegistration | None:
+        """The registration of a node, None if there is none."""
+
+    @abc.abstractmethod
+    async def appserver_unregister(
+        self, app: str, owner: str, device_id: str, muc: str | None
+    ) -> list[AppServerRegistration]:
+        """Delete the owner's p2-style registrations of one device: the one for muc, or with muc None every one
+        (with or without a room); returns them."""
+
+    @abc.abstractmethod
+    async def appserver_remove(self, node: str, token: str) -> bool:
+        """Delete the node's registration if it still leads to this token (a dead token: a registration
+        that meanwhile got a new token stays); whether one was deleted."""
+
+    @abc.abstractmethod
+    async def appserver_touch(self, node: str, now: datetime) -> None:
+        """Record a push the provider accepted: last_used_at = now (nothing if the node is unknown)."""
+
+    @abc.abstractmethod
+    async def appserver_seen(self, node: str, app: str, owner: str, now: datetime) -> None:
+        """Record a push the provider accepted for a Monal-style device (node = token): insert it with
+        created_at = updated_at = last_used_at = now, or set last_used_at (and app) of the row there is.
+        A p2-style row of the same node is left alone."""
+
+    @abc.abstractmethod
+    async def appserver_delete_owner(self, owner: str) -> list[AppServerRegistration]:
+        """Delete every registration of this owner (both kinds; an account that was deleted); returns them."""
+
+    @abc.abstractmethod
+    async def appserver_registrations(self, owner: str | None = None) -> list[AppServerRegistration]:
+        """Registrations of one owner, or of everyone, sorted by owner then created_at (then node)."""
+
+    @abc.abstractmethod
+    async def appserver_expire(self, unused_since: datetime) -> list[AppServerRegistration]:
+        """Delete and return registrations whose max(updated_at, last_used_at) is before unused_since."""
+
+    @abc.abstractmethod
+    async def count_appserver_registrations(self) -> dict[str, int]:
+        """Number of registrations per app (apps without any are left out)."""

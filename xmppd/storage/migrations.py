@@ -11,7 +11,9 @@ two schemas are the same text, differing only in that table:
                (SQLite may reuse the id of the newest row once it is deleted)
   {COUNTER}    the same, but an id is never given out twice, even after its
                row is deleted (an id handed to a client stays unambiguous)
-  {TIMESTAMP}  a point in time (SQLite has no such type and stores text)
+  {TIMESTAMP}  a point in time (SQLite has no such type and stores text; see
+               sql._timestamp_param for the one format written, which sorts
+               in time order as text)
 
 The store applies all pending migrations in one transaction when it opens
 (DDL is transactional on both), recording each in schema_version; a database
@@ -124,6 +126,42 @@ MIGRATIONS: list[Migration] = [
                 stored_at {TIMESTAMP} NOT NULL DEFAULT CURRENT_TIMESTAMP
             )""",
             "CREATE INDEX offline_messages_username_id ON offline_messages (username, id)",
+        ),
+    ),
+    Migration(
+        3,
+        "push: XEP-0357 registrations of accounts, and the push app server's devices",
+        (
+            # The account side (push_xep0357.py): where to publish for a sleeping device.
+            """CREATE TABLE push_registrations (
+                username {KEY} NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+                jid {KEY} NOT NULL,
+                node {KEY} NOT NULL,
+                options_xml TEXT,
+                created_at {TIMESTAMP} NOT NULL,
+                last_success_at {TIMESTAMP},
+                strikes INTEGER NOT NULL DEFAULT 0,
+                PRIMARY KEY (username, jid, node)
+            )""",
+            # The app server (xmppd/appserver): node -> device token. Owners may be accounts of
+            # other servers (the app server also runs on its own), so no foreign key to users;
+            # unused rows expire instead. muc is '' (not NULL) for a registration without a
+            # room, so that the UNIQUE constraint finds the row to update on re-registration;
+            # Monal-style rows have no device_id (NULL), so they never collide there.
+            """CREATE TABLE appserver_registrations (
+                node {KEY} PRIMARY KEY,
+                app {KEY} NOT NULL,
+                token TEXT NOT NULL,
+                owner {KEY} NOT NULL,
+                secret TEXT,
+                device_id {KEY},
+                muc {KEY} NOT NULL DEFAULT '',
+                created_at {TIMESTAMP} NOT NULL,
+                updated_at {TIMESTAMP} NOT NULL,
+                last_used_at {TIMESTAMP},
+                UNIQUE (app, owner, device_id, muc)
+            )""",
+            "CREATE INDEX appserver_registrations_owner ON appserver_registrations (owner, created_at)",
         ),
     ),
 ]

@@ -7,6 +7,7 @@ tests can share them without importing each other.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 SCRAM_MECHANISMS = ("SCRAM-SHA-1", "SCRAM-SHA-256")
 SUBSCRIPTIONS = ("none", "to", "from", "both")
@@ -43,3 +44,59 @@ class RosterItem:
     ask: bool = False
     approved: bool = False
     groups: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class PushRegistration:
+    """One XEP-0357 registration of an account (push_xep0357.py): where to publish when a device sleeps.
+
+    ``jid`` and ``node`` are the app server's JID and node the client gave in
+    <enable/>; ``options_xml`` is the serialised publish-options form (<x/>) to
+    send back with every publish, None if the client gave none. Times are aware
+    UTC datetimes; ``strikes`` counts failed pushes in a row.
+    """
+
+    username: str
+    jid: str
+    node: str
+    options_xml: str | None
+    created_at: datetime
+    last_success_at: datetime | None
+    strikes: int
+
+
+@dataclass(frozen=True, slots=True)
+class AppServerRegistration:
+    """One device known to the push app server (xmppd/appserver): a pubsub node that leads to a token.
+
+    Two kinds, told apart by ``secret``:
+    - registered with the Conversations/p2 ad-hoc commands (register-push-fcm,
+      register-push-apns): ``node`` and ``secret`` were made by the app server,
+      ``owner`` is the bare JID that registered, ``device_id`` the client's
+      android-id/device-id, ``muc`` the room for a group-chat registration;
+      every publish must carry the secret;
+    - Monal/fpush style: no registration; the node *is* the device token, the
+      app comes from the publish-option pushModule, ``secret`` and
+      ``device_id`` are None and ``owner`` is the JID that first published.
+      Such a row is written after the first successful push, for the operator.
+
+    ``updated_at`` is when the token was last set (APNs' "unregistered at"
+    timestamp is compared with it); ``last_used_at`` is the last push the
+    provider accepted (updated at most about once an hour). Times are aware UTC.
+    """
+
+    node: str
+    app: str
+    token: str
+    owner: str
+    secret: str | None = None
+    device_id: str | None = None
+    muc: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+    @property
+    def style(self) -> str:
+        """"p2" (registered with an ad-hoc command, has a secret) or "module" (Monal/fpush pushModule)."""
+        return "module" if self.secret is None else "p2"

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .base import Storage, StorageError
-from .models import SUBSCRIPTIONS, RosterItem, ScramCredentials
+from .models import SUBSCRIPTIONS, AppServerRegistration, PushRegistration, RosterItem, ScramCredentials
 
 
 class Result(enum.Enum):
@@ -173,6 +173,71 @@ class SQLStorage(Storage):
 
     async def set_setting_if_absent(self, key: str, value: str) -> str:
         return await self._run(_set_setting_if_absent, key, value)
+
+    async def push_enable(
+        self, username: str, jid: str, node: str, options_xml: str | None, now: datetime, max_registrations: int
+    ) -> list[PushRegistration]:
+        if operator.index(max_registrations) < 1:
+            raise ValueError(f"max_registrations must be at least 1, not {max_registrations!r}")
+        return await self._run(
+            _push_enable, username, jid, node, options_xml, _timestamp_param(now, "now"), max_registrations
+        )
+
+    async def push_disable(self, username: str, jid: str, node: str | None) -> list[PushRegistration]:
+        return await self._run(_push_disable, username, jid, node)
+
+    async def push_registrations(self, username: str) -> list[PushRegistration]:
+        return await self._run(_push_registrations, username)
+
+    async def push_record_success(self, username: str, jid: str, node: str, now: datetime) -> None:
+        await self._run(_push_record_success, username, jid, node, _timestamp_param(now, "now"))
+
+    async def push_record_failure(self, username: str, jid: str, node: str) -> int:
+        return await self._run(_push_record_failure, username, jid, node)
+
+    async def push_expire(self, unused_since: datetime) -> list[PushRegistration]:
+        return await self._run(_push_expire, _timestamp_param(unused_since, "unused_since"))
+
+    async def count_push_registrations(self) -> int:
+        return await self._run(_count_push_registrations)
+
+    async def appserver_register(
+        self, registration: AppServerRegistration, now: datetime, max_per_owner: int
+    ) -> tuple[AppServerRegistration, list[AppServerRegistration]]:
+        if registration.secret is None or registration.device_id is None:
+            raise ValueError("a p2-style registration has a secret and a device_id")
+        if operator.index(max_per_owner) < 1:
+            raise ValueError(f"max_per_owner must be at least 1, not {max_per_owner!r}")
+        return await self._run(_appserver_register, registration, _timestamp_param(now, "now"), max_per_owner)
+
+    async def appserver_registration(self, node: str) -> AppServerRegistration | None:
+        return await self._run(_appserver_registration, node)
+
+    async def appserver_unregister(
+        self, app: str, owner: str, device_id: str, muc: str | None
+    ) -> list[AppServerRegistration]:
+        return await self._run(_appserver_unregister, app, owner, device_id, muc)
+
+    async def appserver_remove(self, node: str, token: str) -> bool:
+        return await self._run(_appserver_remove, node, token)
+
+    async def appserver_touch(self, node: str, now: datetime) -> None:
+        await self._run(_appserver_touch, node, _timestamp_param(now, "now"))
+
+    async def appserver_seen(self, node: str, app: str, owner: str, now: datetime) -> None:
+        await self._run(_appserver_seen, node, app, owner, _timestamp_param(now, "now"))
+
+    async def appserver_delete_owner(self, owner: str) -> list[AppServerRegistration]:
+        return await self._run(_appserver_delete_owner, owner)
+
+    async def appserver_registrations(self, owner: str | None = None) -> list[AppServerRegistration]:
+        return await self._run(_appserver_registrations, owner)
+
+    async def appserver_expire(self, unused_since: datetime) -> list[AppServerRegistration]:
+        return await self._run(_appserver_expire, _timestamp_param(unused_since, "unused_since"))
+
+    async def count_appserver_registrations(self) -> dict[str, int]:
+        return await self._run(_count_appserver_registrations)
 
 
 # -- accounts -------------------------------------------------------------
@@ -405,14 +470,15 @@ _QUEUE_INSERT_BATCH = 256
 _IN_LIST_BATCH = 512
 
 
-def _timestamp_param(moment: datetime) -> str:
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError(f"received_at must be an aware datetime, not {moment!r}")
+def _timestamp_param(moment: datetime, name: str = "received_at") -> str:
+    """A point in time as the one text both databases get: UTC, microseconds, explicit offset."""
+    if not isinstance(moment, datetime) or moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"{name} must be an aware datetime, not {moment!r}")
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00:00")
 
 
 def _utc(value: datetime | str) -> datetime:
-    """A stored_at value, as the driver returns it, as an aware UTC datetime."""
+    """A timestamp column's value, as the driver returns it, as an aware UTC datetime."""
     if isinstance(value, str):  # SQLite
         value = datetime.fromisoformat(value)
         if value.tzinfo is None:  # CURRENT_TIMESTAMP: UTC without an offset
@@ -525,3 +591,209 @@ def _set_setting_if_absent(key, value):
         value,
     )
     return stored
+
+
+# -- XEP-0357 push registrations of accounts ------------------------------------------
+# "Recently used" is the later of created_at and last_success_at. Written as a CASE:
+# SQLite's max(a, b) is NULL when either is, PostgreSQL's GREATEST skips NULLs.
+
+_PUSH_COLUMNS = "username, jid, node, options_xml, created_at, last_success_at, strikes"
+_PUSH_RECENT = (
+    "CASE WHEN last_success_at IS NULL OR last_success_at < created_at THEN created_at ELSE last_success_at END"
+)
+
+
+def _push_registration(row: tuple) -> PushRegistration:
+    username, jid, node, options_xml, created_at, last_success_at, strikes = row
+    return PushRegistration(
+        username, jid, node, options_xml, _utc(created_at), None if last_success_at is None else _utc(last_success_at),
+        strikes,
+    )
+
+
+@atomic
+def _push_enable(username, jid, node, options_xml, now, max_registrations):
+    # Lock the account's row first (also telling whether it exists): concurrent enables for
+    # one account queue here on PostgreSQL, so the count below sees what they committed.
+    # delete_user locks the same row first, so this cannot deadlock with it.
+    if not (yield select("UPDATE users SET roster_version = roster_version WHERE username = ? RETURNING username",
+                         username)):
+        raise StorageError(f"push_enable: no such user {username!r}")
+    yield execute(
+        "INSERT INTO push_registrations (username, jid, node, options_xml, created_at, strikes)"
+        " VALUES (?, ?, ?, ?, ?, 0)"
+        " ON CONFLICT (username, jid, node) DO UPDATE SET options_xml = excluded.options_xml,"
+        " created_at = excluded.created_at, strikes = 0",
+        username, jid, node, options_xml, now,
+    )
+    rows = yield select(f"SELECT {_PUSH_COLUMNS} FROM push_registrations WHERE username = ?", username)
+    if len(rows) <= max_registrations:
+        return []
+    registrations = [_push_registration(row) for row in rows]
+
+    def recency(r: PushRegistration):
+        latest = r.created_at if r.last_success_at is None else max(r.created_at, r.last_success_at)
+        # The one just enabled first whatever the clocks say; then most recent first.
+        return ((r.jid, r.node) != (jid, node), -latest.timestamp(), -r.created_at.timestamp(), r.jid, r.node)
+
+    dropped = sorted(registrations, key=recency)[max_registrations:]
+    yield execute_many(
+        "DELETE FROM push_registrations WHERE username = ? AND jid = ? AND node = ?",
+        [(username, r.jid, r.node) for r in dropped],
+    )
+    return dropped
+
+
+def _push_disable(username, jid, node):
+    if node is None:
+        rows = yield select(
+            f"DELETE FROM push_registrations WHERE username = ? AND jid = ? RETURNING {_PUSH_COLUMNS}", username, jid
+        )
+    else:
+        rows = yield select(
+            f"DELETE FROM push_registrations WHERE username = ? AND jid = ? AND node = ? RETURNING {_PUSH_COLUMNS}",
+            username, jid, node,
+        )
+    return sorted((_push_registration(row) for row in rows), key=lambda r: (r.created_at, r.jid, r.node))
+
+
+def _push_registrations(username):
+    rows = yield select(
+        f"SELECT {_PUSH_COLUMNS} FROM push_registrations WHERE username = ? ORDER BY created_at, jid, node", username
+    )
+    return [_push_registration(row) for row in rows]
+
+
+def _push_record_success(username, jid, node, now):
+    yield execute(
+        "UPDATE push_registrations SET strikes = 0, last_success_at = ? WHERE username = ? AND jid = ? AND node = ?",
+        now, username, jid, node,
+    )
+
+
+def _push_record_failure(username, jid, node):
+    rows = yield select(
+        "UPDATE push_registrations SET strikes = strikes + 1 WHERE username = ? AND jid = ? AND node = ?"
+        " RETURNING strikes",
+        username, jid, node,
+    )
+    return rows[0][0] if rows else 0
+
+
+def _push_expire(unused_since):
+    rows = yield select(f"DELETE FROM push_registrations WHERE {_PUSH_RECENT} < ? RETURNING {_PUSH_COLUMNS}",
+                        unused_since)
+    return sorted((_push_registration(row) for row in rows), key=lambda r: (r.username, r.created_at, r.jid, r.node))
+
+
+def _count_push_registrations():
+    [(count,)] = yield select("SELECT COUNT(*) FROM push_registrations")
+    return count
+
+
+# -- the push app server's devices -------------------------------------------------------
+
+_APPSERVER_COLUMNS = "node, app, token, owner, secret, device_id, muc, created_at, updated_at, last_used_at"
+_APPSERVER_RECENT = (
+    "CASE WHEN last_used_at IS NULL OR last_used_at < updated_at THEN updated_at ELSE last_used_at END"
+)
+
+
+def _appserver_registration_of(row: tuple) -> AppServerRegistration:
+    node, app, token, owner, secret, device_id, muc, created_at, updated_at, last_used_at = row
+    return AppServerRegistration(
+        node, app, token, owner, secret, device_id, muc or None, _utc(created_at), _utc(updated_at),
+        None if last_used_at is None else _utc(last_used_at),
+    )
+
+
+def _appserver_order(r: AppServerRegistration):
+    return (r.owner, r.created_at, r.node)
+
+
+@atomic
+def _appserver_register(registration, now, max_per_owner):
+    r = registration
+    [row] = yield select(
+        "INSERT INTO appserver_registrations"
+        " (node, app, token, owner, secret, device_id, muc, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (app, owner, device_id, muc) DO UPDATE SET token = excluded.token, updated_at = excluded.updated_at"
+        f" RETURNING {_APPSERVER_COLUMNS}",
+        r.node, r.app, r.token, r.owner, r.secret, r.device_id, r.muc or "", now, now,
+    )
+    stored = _appserver_registration_of(row)
+    rows = yield select(
+        f"SELECT {_APPSERVER_COLUMNS} FROM appserver_registrations WHERE owner = ? AND secret IS NOT NULL", r.owner
+    )
+    if len(rows) <= max_per_owner:
+        return stored, []
+    others = [_appserver_registration_of(row) for row in rows]
+
+    def recency(x: AppServerRegistration):
+        latest = x.updated_at if x.last_used_at is None else max(x.updated_at, x.last_used_at)
+        return (x.node != stored.node, -latest.timestamp(), x.node)
+
+    dropped = sorted(others, key=recency)[max_per_owner:]
+    yield execute_many("DELETE FROM appserver_registrations WHERE node = ?", [(x.node,) for x in dropped])
+    return stored, sorted(dropped, key=_appserver_order)
+
+
+def _appserver_registration(node):
+    rows = yield select(f"SELECT {_APPSERVER_COLUMNS} FROM appserver_registrations WHERE node = ?", node)
+    return _appserver_registration_of(rows[0]) if rows else None
+
+
+def _appserver_unregister(app, owner, device_id, muc):
+    sql = (
+        "DELETE FROM appserver_registrations WHERE app = ? AND owner = ? AND device_id = ? AND secret IS NOT NULL"
+    )
+    if muc is None:
+        rows = yield select(f"{sql} RETURNING {_APPSERVER_COLUMNS}", app, owner, device_id)
+    else:
+        rows = yield select(f"{sql} AND muc = ? RETURNING {_APPSERVER_COLUMNS}", app, owner, device_id, muc)
+    return sorted((_appserver_registration_of(row) for row in rows), key=_appserver_order)
+
+
+def _appserver_remove(node, token):
+    deleted = yield execute("DELETE FROM appserver_registrations WHERE node = ? AND token = ?", node, token)
+    return bool(deleted)
+
+
+def _appserver_touch(node, now):
+    yield execute("UPDATE appserver_registrations SET last_used_at = ? WHERE node = ?", now, node)
+
+
+def _appserver_seen(node, app, owner, now):
+    yield execute(
+        "INSERT INTO appserver_registrations (node, app, token, owner, created_at, updated_at, last_used_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (node) DO UPDATE SET last_used_at = excluded.last_used_at, app = excluded.app"
+        " WHERE appserver_registrations.secret IS NULL",
+        node, app, node, owner, now, now, now,
+    )
+
+
+def _appserver_delete_owner(owner):
+    rows = yield select(f"DELETE FROM appserver_registrations WHERE owner = ? RETURNING {_APPSERVER_COLUMNS}", owner)
+    return sorted((_appserver_registration_of(row) for row in rows), key=_appserver_order)
+
+
+def _appserver_registrations(owner):
+    sql = f"SELECT {_APPSERVER_COLUMNS} FROM appserver_registrations"
+    order = " ORDER BY owner, created_at, node"
+    rows = yield (select(sql + order) if owner is None else select(sql + " WHERE owner = ?" + order, owner))
+    return [_appserver_registration_of(row) for row in rows]
+
+
+def _appserver_expire(unused_since):
+    rows = yield select(
+        f"DELETE FROM appserver_registrations WHERE {_APPSERVER_RECENT} < ? RETURNING {_APPSERVER_COLUMNS}",
+        unused_since,
+    )
+    return sorted((_appserver_registration_of(row) for row in rows), key=_appserver_order)
+
+
+def _count_appserver_registrations():
+    rows = yield select("SELECT app, COUNT(*) FROM appserver_registrations GROUP BY app ORDER BY app")
+    return {app: count for app, count in rows}

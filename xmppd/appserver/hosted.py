@@ -1,0 +1,70 @@
+"""The push app server hosted in xmppd's own process (module "appserver").
+
+The same AppServer class that runs on its own as a XEP-0114 component
+(external.py) is given xmppd's router as its transport: the router hands it
+every stanza addressed to [appserver] domain (push.<domain> by default), and
+what it sends goes back through the router. Registrations live in xmppd's
+storage. Apps and their credentials come from [appserver.apps.NAME].
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import TYPE_CHECKING, Any
+
+from lxml import etree
+
+from ..aio import run_soon
+from ..jid import JID
+from .component import AppServer, providers_from_config, push_modules_of
+
+if TYPE_CHECKING:
+    from ..server import Server
+
+log = logging.getLogger("xmppd.appserver")
+
+
+def provider_options(app: Any) -> dict[str, Any]:
+    """Keyword arguments that point one app's provider at [appserver.apps.NAME] endpoint."""
+    if not app.endpoint:
+        return {}
+    if app.type == "apns":
+        host, _, port = app.endpoint.rpartition(":")
+        context = ssl.create_default_context(cafile=app.ca_file or None)
+        return {"host": host, "port": int(port), "ssl_context": context}
+    return {"endpoint": app.endpoint}
+
+
+class HostedAppServer:
+    def __init__(self, server: "Server") -> None:
+        settings = server.config.appserver
+        self.server = server
+        self.domain = settings.domain or f"push.{server.domain}"
+        providers = {}
+        for app in settings.apps:
+            options = provider_options(app)
+            key = "apns_options" if app.type == "apns" else "fcm_options"
+            providers.update(providers_from_config([app], **{key: options}))
+        self.app_server = AppServer(
+            self.domain, self._send, server.storage, providers,
+            default_apns_app=settings.default_apns_app or None,
+            default_fcm_app=settings.default_fcm_app or None,
+            push_modules=push_modules_of(settings.apps),
+            rate_limit=settings.rate_limit, rate_burst=settings.rate_burst)
+        server.add_component(self.domain, self.app_server.handle)
+        self.app_server.start()
+        log.info("push app server on %s: %s", self.domain,
+                 ", ".join(f"{app.name} ({app.type})" for app in settings.apps) or "no apps configured")
+
+    def _send(self, stanza: etree._Element) -> None:
+        pending = self.server.router.route(stanza, JID.parse(stanza.get("to")))
+        if pending is not None:
+            run_soon(pending, f"a stanza from {self.domain}")
+
+    async def close(self) -> None:
+        await self.app_server.close()
+
+
+def setup(server: "Server") -> HostedAppServer:
+    return HostedAppServer(server)
