@@ -41,7 +41,6 @@ FakeFCM (HTTP/1.1, like oauth2.googleapis.com/token and fcm.googleapis.com):
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import re
 import secrets
@@ -53,7 +52,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -215,6 +214,11 @@ class ApnsKey:
     def public_key(self) -> ec.EllipticCurvePublicKey:
         return serialization.load_pem_private_key(self.pem.encode(), None).public_key()
 
+    def write(self, path: str | Path) -> str:
+        """Write the key as a .p8 file (what Apple's developer site hands out); its path."""
+        Path(path).write_text(self.pem, encoding="ascii")
+        return str(path)
+
 
 def make_apns_key(key_id: str | None = None, team_id: str | None = None) -> ApnsKey:
     key = ec.generate_private_key(ec.SECP256R1())
@@ -304,6 +308,12 @@ class FakeAPNs(_FakeBase):
         """How many TLS connections were accepted so far."""
         with self._lock:
             return self._connections
+
+    def app_config(self, key_file: str | Path) -> dict[str, Any]:
+        """An [appserver.apps.NAME] table for this fake (writes the key to key_file)."""
+        return {"type": "apns", "key_file": self.key.write(key_file), "key_id": self.key_id,
+                "team_id": self.team_id, "topic": self.topic, "sandbox": True,
+                "host": self.host, "port": self.port, "ca_file": self.ca_file}
 
     def client_ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=self.cert_path)
@@ -711,12 +721,20 @@ class FakeFCM(_FakeBase):
             self._accounts[account["client_email"]] = (account, public_key)
         return account
 
+    def app_config(self, service_account_file: str | Path) -> dict[str, Any]:
+        """An [appserver.apps.NAME] table for this fake (writes a new service account to the file)."""
+        Path(service_account_file).write_text(json.dumps(self.service_account()), encoding="utf-8")
+        return {"type": "fcm", "service_account_file": str(service_account_file), "project_id": self.project_id,
+                "endpoint": self.endpoint}
+
     def respond(self, status: int, error_code: str | None = None, *, token: str | None = None,
                 times: int | None = None, retry_after: str | int | None = None, delay: float = 0.0,
                 hang: bool = False) -> None:
         """Answer valid sends (for token, or all) with status (and errorCode), times times (None: always)."""
         if status != 200 and error_code is None:
             error_code = FCM_ERRORS.get(status, ("", "", ""))[1]
+        if hang:
+            self._released.clear()
         self._script.add(Answer(status, error_code or "", retry_after=None if retry_after is None else str(retry_after),
                                 delay=delay, hang=hang), token, times)
 

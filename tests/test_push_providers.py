@@ -23,7 +23,7 @@ from xmppd.appserver.apns import ApnsProvider
 from xmppd.appserver.encryption import decrypt_payload, encrypt_payload, key_from_fields, parse_key
 from xmppd.appserver.fcm import FcmProvider
 from xmppd.appserver.providers import (
-    DEFAULT_TTL, MAX_BODY_BYTES, Notification, Result, collapse_key, encrypted_fields,
+    DEFAULT_TTL, MAX_BODY_BYTES, Notification, Result, collapse_key, encrypted_fields, provider_from_config,
 )
 
 TOPIC = "org.example.xmppd"
@@ -663,3 +663,16 @@ def test_notification_checks_its_kind_and_token():
         Notification("", "message", "n")
     assert collapse_key("short") == "short"
     assert collapse_key("x" * 70) != collapse_key("x" * 71)
+
+
+def test_providers_from_config_tables(apns, fcm, tmp_path):
+    apns_provider_ = provider_from_config("ios", apns.app_config(tmp_path / "AuthKey.p8"))
+    fcm_provider_ = provider_from_config("android", fcm.app_config(tmp_path / "service-account.json"))
+    assert (apns_provider_.name, fcm_provider_.name) == ("apns", "fcm")
+    assert run(send_one(apns_provider_, Notification(apns_token(), "message", "n"))).outcome == "delivered"
+    assert run(send_one(fcm_provider_, Notification("tok", "message", "n"))).outcome == "delivered"
+    for bad in ({"type": "apns", "key_id": "K"}, {"type": "fcm"}, {"type": "webpush"},
+                {"type": "apns", "key_file": str(tmp_path / "missing.p8"), "key_id": "K", "team_id": "T",
+                 "topic": "t"}):
+        with pytest.raises(ValueError):
+            provider_from_config("bad", bad)

@@ -81,3 +81,36 @@ def test_cert_generate_makes_a_certificate_the_config_can_use(tmp_path):
     again = xmppctl(config, "cert", "generate")
     assert again.returncode == 1 and "--force" in again.stderr
     assert xmppctl(config, "cert", "generate", "--force").returncode == 0
+
+
+def test_push_list_and_remove(xmppd):
+    from datetime import datetime, timezone
+
+    from xmppd.storage import open_storage
+
+    config = xmppd.config_path
+    assert xmppctl(config, "adduser", "ctl-push", stdin="a-password\n").returncode == 0
+
+    async def enable():
+        storage = await open_storage(xmppd.backend, **xmppd.storage_kwargs)
+        try:
+            now = datetime.now(timezone.utc)
+            for node in ("node-1", "node-2"):
+                await storage.push_enable("ctl-push", "push.localhost", node, None, now, 5)
+            await storage.push_enable("ctl-push", "p2.example", "node-3", None, now, 5)
+        finally:
+            await storage.close()
+
+    run(enable())
+    listed = xmppctl(config, "push", "list", "ctl-push")
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(line.split("\t")[:2] for line in listed.stdout.splitlines()) == [
+        ["p2.example", "node=node-3"], ["push.localhost", "node=node-1"], ["push.localhost", "node=node-2"]]
+    assert "last success=never" in listed.stdout
+    one = xmppctl(config, "push", "remove", "ctl-push", "--service", "push.localhost", "--node", "node-2")
+    assert one.returncode == 0 and "1 push registration(s)" in one.stdout
+    alone = xmppctl(config, "push", "remove", "ctl-push", "--node", "node-1")
+    assert alone.returncode == 1 and "--node needs --service" in alone.stderr
+    rest = xmppctl(config, "push", "remove", "ctl-push")
+    assert rest.returncode == 0 and "2 push registration(s)" in rest.stdout
+    assert "has no push registrations" in xmppctl(config, "push", "list", "ctl-push").stdout

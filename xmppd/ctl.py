@@ -26,6 +26,14 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("jid", help="user@domain (or just user)")
     commands.add_parser("listusers", help="list the accounts")
     commands.add_parser("check-config", help="validate the configuration and print the effective settings")
+    push = commands.add_parser("push", help="push registrations (XEP-0357) of an account")
+    push_commands = push.add_subparsers(dest="push_command", required=True, metavar="COMMAND")
+    push_list = push_commands.add_parser("list", help="the account's registrations: app server, node, last success")
+    push_list.add_argument("jid", help="user@domain (or just user)")
+    push_remove = push_commands.add_parser("remove", help="forget the account's registrations (all, or one)")
+    push_remove.add_argument("jid", help="user@domain (or just user)")
+    push_remove.add_argument("--service", help="only those at this app server JID")
+    push_remove.add_argument("--node", help="only this node (with --service)")
     cert = commands.add_parser("cert", help="certificates")
     cert_commands = cert.add_subparsers(dest="cert_command", required=True, metavar="COMMAND")
     generate = cert_commands.add_parser("generate", help="make a self-signed certificate for the domain")
@@ -127,6 +135,33 @@ def listusers(config, args) -> int:
     return 0
 
 
+def push(config, args) -> int:
+    username = _username(config, args.jid)
+    account = f"{username}@{config.server.domain}"
+    if args.push_command == "list":
+        registrations = _with_storage(config, lambda storage: storage.push_registrations(username))
+        for r in registrations:
+            success = r.last_success_at.isoformat(timespec="seconds") if r.last_success_at else "never"
+            print(f"{r.jid}\tnode={r.node}\tenabled={r.created_at.isoformat(timespec='seconds')}\t"
+                  f"last success={success}\tfailures={r.strikes}")
+        if not registrations:
+            print(f"{account} has no push registrations")
+        return 0
+    if args.node and not args.service:
+        raise UserError("--node needs --service")
+
+    async def remove(storage):
+        removed = []
+        for registration in await storage.push_registrations(username):
+            if args.service in (None, registration.jid) and args.node in (None, registration.node):
+                removed += await storage.push_disable(username, registration.jid, registration.node)
+        return removed
+
+    removed = _with_storage(config, remove)
+    print(f"{len(removed)} push registration(s) of {account} removed")
+    return 0
+
+
 def check_config(config, args) -> int:
     print(f"# {config.path}: OK")
     print(render_config(config), end="")
@@ -149,7 +184,7 @@ def cert(config, args) -> int:
 
 
 COMMANDS = {"adduser": adduser, "passwd": passwd, "deluser": deluser, "listusers": listusers,
-            "check-config": check_config, "cert": cert}
+            "check-config": check_config, "cert": cert, "push": push}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -115,6 +115,9 @@ from .providers import Notification, Result, collapse_key, encrypted_fields, eve
 __all__ = ["ApnsProvider", "client_ssl_context", "PRODUCTION_HOST", "SANDBOX_HOST"]
 
 log = logging.getLogger("xmppd.appserver.apns")
+# aioapns logs every refused connection and failed push at ERROR; each push's outcome comes
+# back as a Result instead, and the app server logs it once, with the account and the reason.
+logging.getLogger("aioapns").setLevel(logging.CRITICAL)
 
 PRODUCTION_HOST = "api.push.apple.com"
 SANDBOX_HOST = "api.sandbox.push.apple.com"
