@@ -88,22 +88,23 @@ def form(form_type: str, **fields: str) -> str:
             f"{values}</x>")
 
 
-async def register_p2(phone: LeanClient, token: str, device: str) -> dict[str, str]:
-    """Conversations' way: the register-push-fcm ad-hoc command at the app server."""
+async def register_p2(phone: LeanClient, token: str, device: str, kind: str = "fcm") -> dict[str, str]:
+    """Conversations' (and Siskin's) way: the register-push-fcm / -apns ad-hoc command at the app server."""
+    device_field = "android-id" if kind == "fcm" else "device-id"
     fields = "".join(f"<field var='{var}'><value>{value}</value></field>"
-                     for var, value in (("token", token), ("android-id", device)))
+                     for var, value in (("token", token), (device_field, device)))
     answer = await phone.iq(f"<iq type='set' id='{{id}}' to='push.localhost'><command xmlns='{NS_COMMANDS}' "
-                            f"node='register-push-fcm' action='execute'><x xmlns='{NS_DATA}' type='submit'>"
+                            f"node='register-push-{kind}' action='execute'><x xmlns='{NS_DATA}' type='submit'>"
                             f"{fields}</x></command></iq>")
     assert answer.get("type") == "result", etree.tostring(answer)
     result = answer.find(f"{{{NS_COMMANDS}}}command/{{{NS_DATA}}}x")
     return {field.get("var"): field.findtext(f"{{{NS_DATA}}}value") for field in result}
 
 
-async def enable_push(phone: LeanClient, jid: str, node: str, **options: str) -> None:
+async def enable_push(phone: LeanClient, jid: str, node: str, extra: str = "", **options: str) -> None:
     publish_options = form("http://jabber.org/protocol/pubsub#publish-options", **options) if options else ""
     answer = await phone.iq(f"<iq type='set' id='{{id}}'><enable xmlns='urn:xmpp:push:0' jid='{jid}' "
-                            f"node='{node}'>{publish_options}</enable></iq>")
+                            f"node='{node}'>{publish_options}{extra}</enable></iq>")
     assert answer.get("type") == "result", etree.tostring(answer)
 
 
@@ -244,6 +245,40 @@ def test_a_provider_that_is_down_gets_the_push_when_it_is_back(xmppd, fakes):
         pushes = await apns.requests_arrived(1, timeout=30)
         assert pushes[0].token == token and pushes[0].payload["message-count"] == 1
         assert "asks to wait" in xmppd.log()           # the server retried; nothing was lost
+        await contact.close()
+
+    run(scenario())
+
+
+def test_siskin_style_encrypted_payload(xmppd, fakes):
+    """Tigase's <encrypt/> in <enable/>: Apple sees only ciphertext, the app opens it with its key."""
+    import base64
+
+    from xmppd.appserver.encryption import decrypt_payload
+
+    apns, _, _ = fakes
+    (phone_jid, phone_password), (contact_jid, contact_password) = accounts(xmppd, 2)
+    token = secrets.token_hex(32)
+    key = secrets.token_bytes(16)
+
+    async def scenario():
+        phone = LeanClient(phone_jid, phone_password, port=xmppd.port, auto_ack=False)
+        await phone.login(sm=True)
+        registration = await register_p2(phone, token, secrets.token_hex(8), kind="apns")
+        encrypt = (f"<encrypt xmlns='tigase:push:encrypt:0' alg='aes-128-gcm'>"
+                   f"{base64.b64encode(key).decode()}</encrypt>")
+        await enable_push(phone, registration["jid"], registration["node"], encrypt, secret=registration["secret"])
+        contact = await Client(xmppd, contact_jid, contact_password, plaintext=True).login()
+        phone.abort()
+        await quiet(0.5)
+        apns.clear()
+        send_chat(contact, phone_jid, "secret words")
+        push = (await apns.requests_arrived(1, timeout=5))[0]
+        assert push.token == token
+        assert "message-count" not in push.payload and "encrypted" in push.payload
+        assert b"secret" not in push.body
+        opened = decrypt_payload(key, push.payload)
+        assert opened["message-count"] == 1 and opened["kind"] == "message"
         await contact.close()
 
     run(scenario())

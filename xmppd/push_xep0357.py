@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from lxml import etree
 
 from .aio import run_soon
+from .appserver.encryption import FIELD_ALG, FIELD_KEY, NS_ENCRYPT
 from .importance import CALL, ENCRYPTED, is_important
 from .jid import JID, InvalidJID
 from .router import require_owner
@@ -108,8 +109,7 @@ def summary_form(device: Device, pending_subscriptions: int, *, include_sender: 
         fields += [("call-action", etree.QName(call).localname), ("call-id", call.get("id", "")),
                    ("caller", caller or "")]
     for var, value in fields:
-        field = etree.SubElement(form, qname(NS_DATA, "field"), {"var": var})
-        etree.SubElement(field, qname(NS_DATA, "value")).text = value
+        _add_field(form, var, value)
     return form
 
 
@@ -176,12 +176,18 @@ class PushNotifications:
             raise StanzaError("not-allowed", "enable push from a client session")
         enable = iq[0]
         service, node = self._target(enable, node_required=True)
-        options_xml = None
         form = enable.find(qname(NS_DATA, "x"))
-        if form is not None:
-            if form.get("type") != "submit" or _form_type(form) != PUBLISH_OPTIONS:
-                raise StanzaError("bad-request", f"the form must be a submitted {PUBLISH_OPTIONS} form")
-            options_xml = serialize(form).decode()
+        if form is not None and (form.get("type") != "submit" or _form_type(form) != PUBLISH_OPTIONS):
+            raise StanzaError("bad-request", f"the form must be a submitted {PUBLISH_OPTIONS} form")
+        encrypt = enable.find(qname(NS_ENCRYPT, "encrypt"))
+        if encrypt is not None:
+            # Tigase's encrypted payloads (Siskin, Snikket iOS): the key travels to the app server in
+            # the publish-options, which is where the app server reads it.
+            if form is None:
+                form = _options_form()
+            _add_field(form, FIELD_ALG, encrypt.get("alg", ""))
+            _add_field(form, FIELD_KEY, (encrypt.text or "").strip())
+        options_xml = serialize(form).decode() if form is not None else None
         now = datetime.now(timezone.utc)
         dropped = await self.storage.push_enable(origin.username, service, node, options_xml, now,
                                                  self.max_registrations)
@@ -384,6 +390,17 @@ class PushNotifications:
 
 def _hibernated(session: "Session") -> bool:
     return session.sm is not None and session.sm.hibernated_at is not None
+
+
+def _options_form() -> etree._Element:
+    form = etree.Element(qname(NS_DATA, "x"), {"type": "submit"}, nsmap={None: NS_DATA})
+    _add_field(form, "FORM_TYPE", PUBLISH_OPTIONS)
+    return form
+
+
+def _add_field(form: etree._Element, var: str, value: str) -> None:
+    field = etree.SubElement(form, qname(NS_DATA, "field"), {"var": var})
+    etree.SubElement(field, qname(NS_DATA, "value")).text = value
 
 
 def _form_type(form: etree._Element) -> str | None:

@@ -72,9 +72,10 @@ Around aioapns 4.0
   flight), and raises InvalidStateError on an answer to a request that was given up.
   ``_Connection`` replaces that part: answers are gathered per stream and settled at the
   end of the stream, whatever they contain; received data is acknowledged; bodies wait
-  for window credit; given-up requests are skipped. It sends nothing before the server's first SETTINGS frame (so the stream
-  limit is known; aioapns would open up to 1000 streams at once), and a stream the
-  server refused (REFUSED_STREAM) or one over a lowered limit goes to aioapns' retry.
+  for window credit; given-up requests are skipped.
+- It would open up to 1000 streams before hearing the server's limit. A connection is
+  used only once the server's first SETTINGS frame arrived, and a stream the server
+  refused (REFUSED_STREAM), or one over a limit lowered later, goes to aioapns' retry.
 - A pool that cannot connect tries ``max_connection_attempts`` times one second apart;
   xmppd uses 2, and bounds the whole send with ``timeout`` on top. A request that
   timed out marks its connection as stuck: it is aborted, so the next push opens a
@@ -146,6 +147,8 @@ class ApnsProvider:
     def __init__(self, app_name: str, key_pem: str, key_id: str, team_id: str, topic: str, sandbox: bool, *,
                  host: str | None = None, port: int | None = None, ssl_context: ssl.SSLContext | None = None,
                  timeout: float = 10.0, max_connections: int = 4, max_connection_attempts: int = 2) -> None:
+        """key_pem: the text of the .p8 file. host/port/ssl_context: for tests (a fake APNs);
+        a given ssl_context gets ALPN h2 set. timeout bounds every send(), connecting included."""
         _check_signing_key(key_pem)
         for label, value in (("key id", key_id), ("team id", team_id), ("topic", topic)):
             if not value:
@@ -161,6 +164,7 @@ class ApnsProvider:
         self._key_pem = key_pem
         self._auth = _ProviderToken(key_pem, key_id, team_id)
         self._ssl_context = ssl_context or client_ssl_context()
+        self._ssl_context.set_alpn_protocols(["h2"])   # APNs speaks HTTP/2 only
         self._max_connections = max_connections
         self._max_connection_attempts = max_connection_attempts
         self._protocol_class = type("_Connection", (_Connection,),
