@@ -115,6 +115,7 @@ BAD = [
     ("appserver", "default_fcm_app", "false", 'must be a string, or ""'),
     ("appserver", "rate_limit", "0", "must be a number from 0.01 to 1000 (pushes per second)"),
     ("appserver", "rate_burst", "0", "must be an integer from 1 to 1000 (pushes)"),
+    ("appserver", "registration_expiry", "0", "must be a number from 1 to 3650 (days)"),
     ("appserver", "apps", "3",
      "must be tables [appserver.apps.NAME] with the keys listed under [appserver.apps.NAME]"),
     ("auth", "mechanisms", "[]",

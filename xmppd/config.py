@@ -737,6 +737,9 @@ class AppServerConfig:
     rate_burst: int = _option(
         5, Int(1, 1000, "pushes"),
         "Pushes to one device that may go out at once before rate_limit applies.")
+    registration_expiry: float = _option(
+        90.0, Number(1, 3650, note="days"),
+        "A device registration nobody pushed to for this long is forgotten.")
     apps: tuple = _option(
         (), PushApps(),
         "The apps this app server sends to, one [appserver.apps.NAME] table each (keys "

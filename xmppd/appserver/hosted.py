@@ -51,8 +51,11 @@ class HostedAppServer:
             default_apns_app=settings.default_apns_app or None,
             default_fcm_app=settings.default_fcm_app or None,
             push_modules=push_modules_of(settings.apps),
-            rate_limit=settings.rate_limit, rate_burst=settings.rate_burst)
+            rate_limit=settings.rate_limit, rate_burst=settings.rate_burst,
+            registration_expiry=settings.registration_expiry)
         server.add_component(self.domain, self.app_server.handle)
+        # A deleted account's devices must not stay registered here.
+        server.on("account-deleted", lambda username: self.app_server.forget(f"{username}@{server.domain}"))
         self.app_server.start()
         log.info("push app server on %s: %s", self.domain,
                  ", ".join(f"{app.name} ({app.type})" for app in settings.apps) or "no apps configured")

@@ -7,13 +7,16 @@ the record types.
 from __future__ import annotations
 
 from .base import Storage, StorageError
-from .models import SCRAM_MECHANISMS, SUBSCRIPTIONS, RosterItem, ScramCredentials
+from .models import (SCRAM_MECHANISMS, SUBSCRIPTIONS, AppServerRegistration, PushRegistration, RosterItem,
+                     ScramCredentials)
 from .postgresql import PostgreSQLStorage
 from .sqlite import SQLiteStorage
 
 __all__ = [
     "SCRAM_MECHANISMS",
     "SUBSCRIPTIONS",
+    "AppServerRegistration",
+    "PushRegistration",
     "RosterItem",
     "ScramCredentials",
     "Storage",
