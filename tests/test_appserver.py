@@ -972,9 +972,10 @@ def test_standalone_config(tmp_path):
     path = tmp_path / "appserver.toml"
     path.write_text(CONFIG.format(port=5347))
     config = load_config(str(path))
-    assert (config.domain, config.component_host, config.component_port, config.component_secret) == (
+    settings = config.appserver
+    assert (settings.domain, settings.component_host, settings.component_port, settings.component_secret) == (
         "push.example.org", "127.0.0.1", 5347, "s3cr3t")
-    assert (config.rate_limit, config.rate_burst, config.registration_expiry, config.apps) == (2.5, 5, 90.0, ())
+    assert (settings.rate_limit, settings.rate_burst, settings.registration_expiry, settings.apps) == (2.5, 5, 90.0, ())
     assert config.storage.sqlite_path == str(tmp_path / "appserver.sqlite3")
     key = tmp_path / "AuthKey.p8"
     key.write_text("not read here")
@@ -1005,9 +1006,11 @@ def test_standalone_config(tmp_path):
     with pytest.raises(ConfigError) as failure:
         load_config(str(path))
     report = str(failure.value)
-    for expected in ("[extra]: unknown section", "[appserver] colour", "[appserver] domain: is missing",
-                     "[appserver] component_secret: is missing", "[appserver] component_port = 70000",
-                     "[appserver] rate_limit = \"fast\"", "postgresql_dsn: is missing"):
+    for expected in ("[extra]: unknown section", "[appserver] colour",
+                     '[appserver] domain = "": is missing; the standalone app server needs it',
+                     '[appserver] component_secret = "": is missing', "[appserver] component_port = 70000",
+                     "[appserver] rate_limit = \"fast\"",
+                     '[storage] postgresql_dsn = "": required when [storage] backend = "postgresql"'):
         assert expected in report, expected
     # The apps table's own errors name the inner key (the first one found in the table).
     assert "[appserver.apps." in report

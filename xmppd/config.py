@@ -16,6 +16,7 @@ import ipaddress
 import math
 import os
 import tomllib
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -779,16 +780,23 @@ class Option:
     help: str
 
 
-SECTIONS: dict[str, type] = {
-    f.name: f.type for f in dataclasses.fields(Config) if f.name != "path"}
+class Schema:
+    """A kind of configuration file: a dataclass with one field per section (and `path`), and the
+    rules that tie keys together. xmppd's file is SCHEMA; the standalone push app server
+    (appserver/__main__.py) has its own, checked by the same code."""
 
-OPTIONS: tuple[Option, ...] = tuple(
-    Option(section, f.name, f.metadata["validator"].type, f.default,
-           f.metadata["validator"], f.metadata["help"])
-    for section, cls in SECTIONS.items() for f in dataclasses.fields(cls))
-
-_BY_SECTION: dict[str, dict[str, Option]] = {
-    section: {o.key: o for o in OPTIONS if o.section == section} for section in SECTIONS}
+    def __init__(self, result: type, rules: tuple = ()) -> None:
+        self.result = result
+        self.rules = rules
+        types = typing.get_type_hints(result)   # field types may be strings (postponed annotations)
+        self.sections: dict[str, type] = {
+            f.name: types[f.name] for f in dataclasses.fields(result) if f.name != "path"}
+        self.options: tuple[Option, ...] = tuple(
+            Option(section, f.name, f.metadata["validator"].type, f.default,
+                   f.metadata["validator"], f.metadata["help"])
+            for section, cls in self.sections.items() for f in dataclasses.fields(cls))
+        self.by_section: dict[str, dict[str, Option]] = {
+            section: {o.key: o for o in self.options if o.section == section} for section in self.sections}
 
 
 # --- rules that involve several keys ----------------------------------------
@@ -850,8 +858,11 @@ def _push_apps_consistent(get: Lookup) -> Iterator[tuple[str, str, str]]:
             owners[module] = app.name
 
 
-_RULES = (_dsn_for_postgresql, _tls_files_when_needed, _distinct_ports, _admins_are_local,
-          _push_apps_consistent)
+SCHEMA = Schema(Config, (_dsn_for_postgresql, _tls_files_when_needed, _distinct_ports, _admins_are_local,
+                         _push_apps_consistent))
+SECTIONS = SCHEMA.sections
+OPTIONS = SCHEMA.options
+_BY_SECTION = SCHEMA.by_section
 
 
 # --- loading -------------------------------------------------------------------
@@ -861,34 +872,35 @@ def _did_you_mean(name: str, candidates: list[str], show: Callable[[str], str]) 
     return f" (did you mean {show(close[0])}?)" if close else ""
 
 
-def _section_list() -> str:
-    return ", ".join(f"[{s}]" for s in SECTIONS)
+def _section_list(schema: Schema) -> str:
+    return ", ".join(f"[{s}]" for s in schema.sections)
 
 
-def _top_level_errors(data: dict, source: str) -> Iterator[str]:
+def _top_level_errors(data: dict, source: str, schema: Schema) -> Iterator[str]:
     for name, table in data.items():
-        if name in SECTIONS:
+        if name in schema.sections:
             if not isinstance(table, dict):
                 yield (f"{source}: {_toml_key(name)} = {toml_value(table)}: must be a table, "
                        f"written as a [{name}] section")
         elif isinstance(table, dict):
-            hint = _did_you_mean(name, list(SECTIONS), lambda s: f"[{s}]")
+            hint = _did_you_mean(name, list(schema.sections), lambda s: f"[{s}]")
             yield (f"{source}: [{name}]: unknown section{hint}; "
-                   f"allowed sections: {_section_list()}")
+                   f"allowed sections: {_section_list(schema)}")
         else:
-            homes = [o for o in OPTIONS if o.key == name]
+            homes = [o for o in schema.options if o.key == name]
             hint = f" (did you mean [{homes[0].section}] {name}?)" if homes else ""
             yield (f"{source}: {_toml_key(name)} = {toml_value(table)}: unknown top-level "
-                   f"key{hint}; every key belongs in a section: {_section_list()}")
+                   f"key{hint}; every key belongs in a section: {_section_list(schema)}")
 
 
-def _build(data: dict, source: str, base_dir: str, rules: bool, check_files: bool = True) -> Config:
-    errors = list(_top_level_errors(data, source))
+def _build(data: dict, source: str, base_dir: str, rules: bool, check_files: bool = True,
+           schema: Schema = SCHEMA):
+    errors = list(_top_level_errors(data, source, schema))
     values: dict[tuple[str, str], object] = {}
     shown: dict[tuple[str, str], object] = {}
     failed: set[tuple[str, str]] = set()
 
-    for section, options in _BY_SECTION.items():
+    for section, options in schema.by_section.items():
         table = data.get(section)
         table = table if isinstance(table, dict) else {}
         for key, raw in table.items():
@@ -917,7 +929,7 @@ def _build(data: dict, source: str, base_dir: str, rules: bool, check_files: boo
             raise _Skip
         return values[section, key]
 
-    for rule in _RULES if rules else ():
+    for rule in schema.rules if rules else ():
         try:
             for section, key, message in rule(get):
                 value = f" = {toml_value(shown[section, key])}" if (section, key) in shown else ""
@@ -927,13 +939,13 @@ def _build(data: dict, source: str, base_dir: str, rules: bool, check_files: boo
 
     if errors:
         raise ConfigError("\n".join(errors))
-    return Config(**{
-        section: cls(**{key: values[section, key] for key in _BY_SECTION[section]})
-        for section, cls in SECTIONS.items()})
+    return schema.result(**{
+        section: cls(**{key: values[section, key] for key in schema.by_section[section]})
+        for section, cls in schema.sections.items()})
 
 
 def parse_config(text: str, *, source: str = "<config>", base_dir: str = ".",
-                 check_files: bool = True) -> Config:
+                 check_files: bool = True, schema: Schema = SCHEMA):
     """Parse and check a whole configuration given as TOML text.
 
     Relative paths are resolved against ``base_dir``; ``source`` names the
@@ -948,10 +960,10 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: str = ".",
         message = str(error).replace(
             "(at end of document)", f"(at end of document, line {last_line})")
         raise ConfigError(f"{source}: invalid TOML: {message}") from None
-    return _build(data, source, os.path.abspath(base_dir), rules=True, check_files=check_files)
+    return _build(data, source, os.path.abspath(base_dir), rules=True, check_files=check_files, schema=schema)
 
 
-def load_config(path: str | os.PathLike, *, check_files: bool = True) -> Config:
+def load_config(path: str | os.PathLike, *, check_files: bool = True, schema: Schema = SCHEMA):
     """Read, parse and check the configuration file at ``path``."""
     source = os.fsdecode(path)
     try:
@@ -967,7 +979,8 @@ def load_config(path: str | os.PathLike, *, check_files: bool = True) -> Config:
         line = raw.count(b"\n", 0, error.start) + 1
         raise ConfigError(f"{source}: invalid TOML: not UTF-8 (at line {line})") from None
     absolute = os.path.abspath(source)
-    config = parse_config(text, source=source, base_dir=os.path.dirname(absolute), check_files=check_files)
+    config = parse_config(text, source=source, base_dir=os.path.dirname(absolute), check_files=check_files,
+                          schema=schema)
     return dataclasses.replace(config, path=absolute)
 
 

@@ -81,6 +81,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -941,13 +942,26 @@ def providers_from_config(apps: Iterable[Any], *, apns_options: Mapping[str, Any
             with open(app.key_file, encoding="utf-8") as key_file:
                 key_pem = key_file.read()
             providers[app.name] = ApnsProvider(app.name, key_pem, app.key_id, app.team_id, app.topic,
-                                               app.sandbox, **dict(apns_options or {}))
+                                               app.sandbox, **{**_endpoint_options(app), **(apns_options or {})})
         elif app.type == "fcm":
             providers[app.name] = FcmProvider(app.name, app.service_account_file, app.project_id or None,
-                                              **dict(fcm_options or {}))
+                                              **{**_endpoint_options(app), **(fcm_options or {})})
         else:
             raise ValueError(f"app {app.name!r}: unknown type {app.type!r}")
     return providers
+
+
+def _endpoint_options(app: Any) -> dict[str, Any]:
+    """Where [appserver.apps.NAME] endpoint (and ca_file) send this app's pushes instead of Apple's or
+    Google's servers: a proxy, or a test double."""
+    endpoint = getattr(app, "endpoint", "")
+    if not endpoint:
+        return {}
+    if app.type == "apns":
+        host, _, port = endpoint.rpartition(":")
+        return {"host": host, "port": int(port),
+                "ssl_context": ssl.create_default_context(cafile=getattr(app, "ca_file", "") or None)}
+    return {"endpoint": endpoint}
 
 
 def push_modules_of(apps: Iterable[Any]) -> dict[str, str]:

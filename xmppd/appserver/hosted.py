@@ -10,8 +10,7 @@ storage. Apps and their credentials come from [appserver.apps.NAME].
 from __future__ import annotations
 
 import logging
-import ssl
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lxml import etree
 
@@ -25,29 +24,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("xmppd.appserver")
 
 
-def provider_options(app: Any) -> dict[str, Any]:
-    """Keyword arguments that point one app's provider at [appserver.apps.NAME] endpoint."""
-    if not app.endpoint:
-        return {}
-    if app.type == "apns":
-        host, _, port = app.endpoint.rpartition(":")
-        context = ssl.create_default_context(cafile=app.ca_file or None)
-        return {"host": host, "port": int(port), "ssl_context": context}
-    return {"endpoint": app.endpoint}
-
-
 class HostedAppServer:
     def __init__(self, server: "Server") -> None:
         settings = server.config.appserver
         self.server = server
         self.domain = settings.domain or f"push.{server.domain}"
-        providers = {}
-        for app in settings.apps:
-            options = provider_options(app)
-            key = "apns_options" if app.type == "apns" else "fcm_options"
-            providers.update(providers_from_config([app], **{key: options}))
         self.app_server = AppServer(
-            self.domain, self._send, server.storage, providers,
+            self.domain, self._send, server.storage, providers_from_config(settings.apps),
             default_apns_app=settings.default_apns_app or None,
             default_fcm_app=settings.default_fcm_app or None,
             push_modules=push_modules_of(settings.apps),
