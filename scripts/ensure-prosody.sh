@@ -23,12 +23,18 @@ if [ ! -e "$policy" ]; then
     as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $policy && chmod 755 $policy"
     made_policy=true
 fi
-cleanup() { if $made_policy; then as_root rm -f "$policy"; fi; }
+output=$(mktemp)
+cleanup() { if $made_policy; then as_root rm -f "$policy"; fi; rm -f "$output"; }
 trap cleanup EXIT
 
-as_root apt-get update -qq
-as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    prosody prosody-modules >/dev/null
+# apt's chatter (debconf notes and the like) is shown only when something fails.
+if ! { as_root apt-get update -qq &&
+       as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+           prosody prosody-modules; } >"$output" 2>&1; then
+    cat "$output" >&2
+    echo "ensure-prosody: apt-get failed" >&2
+    exit 1
+fi
 
 # Not left running, and not started at boot (either may fail where there is no init system: fine).
 if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then

@@ -409,7 +409,8 @@ def test_publish_checks_the_secret_and_the_publisher(storage):
             h.publish_xml(node),                                   # no publish-options at all
             h.publish_xml(node, options={"pushModule": "monalProdiOS"}),   # no secret, a module does not help
             h.publish_xml(node, secret=secret, sender="mallory@example.org"),
-            h.publish_xml(node, secret=secret, sender="example.org"),
+            h.publish_xml(node, secret=secret, sender="example.net"),       # another server
+            h.publish_xml(node, secret=secret, sender="example.org/x"),     # a server's full JID is no server
             h.publish_xml("no-such-node", secret=secret),
         ]
         answers = [await h.ask(xml) for xml in refused]
@@ -419,12 +420,14 @@ def test_publish_checks_the_secret_and_the_publisher(storage):
         assert h.apns.sent == [] and h.monal.sent == []
         ok = await h.publish(node, secret=secret, sender=f"{ALICE}/resource-ignored")
         assert ok.get("type") == "result"
+        # The account's server itself: Prosody's mod_cloud_notify publishes from the host's JID.
+        assert (await h.publish(node, secret=secret, sender="example.org")).get("type") == "result"
         # A room registration: the room publishes (the owner may too).
         assert (await h.publish(room_node, secret=room_secret, sender="room@muc.example.org")).get("type") == "result"
         assert (await h.publish(room_node, secret=room_secret)).get("type") == "result"
         assert condition(await h.publish(room_node, secret=secret, sender="room@muc.example.org")) == (
             "item-not-found", "cancel")
-        assert len(h.apns.sent) == 3
+        assert len(h.apns.sent) == 4
         assert h.server.metrics.publishes["unknown-node"] == len(refused) + 1
 
     drive(scenario)

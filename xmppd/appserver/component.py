@@ -669,8 +669,8 @@ class AppServer:
         registration = await self.storage.appserver_registration(node)
         if registration is not None and registration.secret is not None:
             secret = _value(options, "secret") or ""
-            if not hmac.compare_digest(secret.encode(), registration.secret.encode()) or publisher not in (
-                    registration.owner, registration.muc):
+            if not hmac.compare_digest(secret.encode(), registration.secret.encode()) or not _may_publish(
+                    iq.get("from"), registration):
                 self.metrics.publishes["unknown-node"] += 1
                 raise unknown
             app, token = registration.app, registration.token
@@ -906,6 +906,18 @@ def _jid(text: str | None) -> JID:
         return JID.parse(text or "")
     except InvalidJID:
         raise StanzaError("jid-malformed", "the sender's address is not a JID") from None
+
+
+def _may_publish(sender: str | None, registration: AppServerRegistration) -> bool:
+    """The account (or room) that registered the device, or its server: Prosody's mod_cloud_notify
+    publishes from the host's JID, ejabberd and xmppd from the account's bare JID (p2 accepts either)."""
+    publisher = _jid(sender)
+    if str(publisher.bare) in (registration.owner, registration.muc):
+        return True
+    if publisher.local is not None or publisher.resource is not None:
+        return False
+    return any(owner and publisher.domain == JID.parse(owner).domain
+               for owner in (registration.owner, registration.muc))
 
 
 def _room(text: str | None) -> str | None:
