@@ -30,7 +30,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
+from tests.harness import free_ports
 from tests.lean_client import LeanClient, random_password
 from tests.push_fakes import FakeAPNs, FakeFCM
 from xmppd.appserver.component import p2_account_hash
@@ -79,18 +79,6 @@ NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
 START_TIMEOUT = 15.0     # seconds for Prosody to listen and the app server to connect (a hang guard)
 PUSH_TIMEOUT = 10.0      # seconds for a push to reach the fake provider (a hang guard)
 ACCOUNTS = ("fcmphone", "apnsphone", "deadphone", "contact")
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct ports of 127.0.0.1 that nothing listens on (all bound at once, so no two are the same)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def lua_string(text: str) -> str:

@@ -51,3 +51,13 @@ async def drain(timeout: float) -> int:
     for task in left:
         task.cancel()
     return len(left)
+
+
+def reactor_clock(clock: Any = None) -> Any:
+    """The clock a module keeps its timers on: seconds() and callLater(). Tests pass Twisted's
+    task.Clock; otherwise the reactor, imported late because main.py installs it first."""
+    if clock is not None:
+        return clock
+    from twisted.internet import reactor
+
+    return reactor

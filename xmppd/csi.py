@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
+from .aio import reactor_clock
 from .importance import is_important, is_time_critical
 from .stanza import IQ, MESSAGE, NS_CLIENT, NS_DELAY, PRESENCE, qname
 
@@ -268,12 +269,8 @@ class ClientStateIndication:
     the reactor at run time)."""
 
     def __init__(self, server: "Server", clock: Any = None) -> None:
-        if clock is None:
-            from twisted.internet import reactor   # imported late: main.py installs the reactor first
-
-            clock = reactor
         self.server = server
-        self.clock = clock
+        self.clock = reactor_clock(clock)
         self.max_hold = server.config.csi.max_hold
         self.max_buffered = server.config.csi.max_buffered
         self._inactive: dict["Session", _Inactive] = {}

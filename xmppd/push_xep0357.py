@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
-from .aio import run_soon
+from .aio import reactor_clock, run_soon
 from .appserver.encryption import FIELD_ALG, FIELD_KEY, NS_ENCRYPT
 from .importance import CALL, ENCRYPTED, is_important
 from .jid import JID, InvalidJID
@@ -141,12 +141,8 @@ class PushNotifications:
     """The push module. `clock` provides seconds() and callLater() (Twisted's Clock in tests)."""
 
     def __init__(self, server: "Server", clock: Any = None) -> None:
-        if clock is None:
-            from twisted.internet import reactor   # imported late: main.py installs the reactor first
-
-            clock = reactor
         self.server = server
-        self.clock = clock
+        self.clock = reactor_clock(clock)
         self.storage = server.storage
         settings = server.config.push
         self.max_registrations = settings.max_registrations
@@ -167,7 +163,7 @@ class PushNotifications:
         server.on("session-resumed", self._connected)
         server.on("session-ended", self._session_ended)
         server.on("session-hibernated", self._hibernated)
-        self._sweep_timer = clock.callLater(60.0, self._sweep)
+        self._sweep_timer = self.clock.callLater(60.0, self._sweep)
 
     # ------------------------------------------------------------ enable / disable (XEP-0357 §5, §6)
     async def _enable(self, iq: etree._Element, origin: "Session | None", to: JID) -> etree._Element:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from lxml import etree
 
-from .aio import run_soon
+from .aio import reactor_clock, run_soon
 from .stanza import STORED_PARSER, qname, with_delay
 
 if TYPE_CHECKING:
@@ -242,12 +242,8 @@ class StreamManagementModule:
     tests, the reactor at run time)."""
 
     def __init__(self, server: "Server", clock: Any = None) -> None:
-        if clock is None:
-            from twisted.internet import reactor   # imported late: main.py installs the reactor first
-
-            clock = reactor
         self.server = server
-        self.clock = clock
+        self.clock = reactor_clock(clock)
         settings = server.config.stream_mgmt
         self.max_window = settings.resume_timeout
         self.max_queue = settings.max_queue
