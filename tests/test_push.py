@@ -126,6 +126,18 @@ async def quiet(seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
+async def monal_phone_asleep(xmppd, phone: tuple[str, str], contact: tuple[str, str], token: str) -> Client:
+    """A phone enabled Monal-style push for `token`, then lost its connection; its contact is online.
+    Returns the contact's client."""
+    client = LeanClient(*phone, port=xmppd.port, auto_ack=False)
+    await client.login(sm=True)
+    await enable_push(client, "push.localhost", token, pushModule="exampleProdiOS")
+    writer = await Client(xmppd, *contact, plaintext=True).login()
+    client.abort()
+    await quiet(0.5)
+    return writer
+
+
 def test_p2_registration_fcm_coalescing_calls_and_resumption(xmppd, fakes):
     _, fcm, _ = fakes
     (phone_jid, phone_password), (contact_jid, contact_password) = accounts(xmppd, 2)
@@ -186,12 +198,8 @@ def test_monal_style_apns_alert_voip_and_a_dead_token(xmppd, fakes):
     token = secrets.token_hex(32)
 
     async def scenario():
-        phone = LeanClient(phone_jid, phone_password, port=xmppd.port, auto_ack=False)
-        await phone.login(sm=True)
-        await enable_push(phone, "push.localhost", token, pushModule="exampleProdiOS")
-        contact = await Client(xmppd, contact_jid, contact_password, plaintext=True).login()
-        phone.abort()
-        await quiet(0.5)
+        contact = await monal_phone_asleep(xmppd, (phone_jid, phone_password), (contact_jid, contact_password),
+                                           token)
         apns.clear()
 
         send_chat(contact, phone_jid, "are you there?")
@@ -228,12 +236,8 @@ def test_a_provider_that_is_down_gets_the_push_when_it_is_back(xmppd, fakes):
     token = secrets.token_hex(32)
 
     async def scenario():
-        phone = LeanClient(phone_jid, phone_password, port=xmppd.port, auto_ack=False)
-        await phone.login(sm=True)
-        await enable_push(phone, "push.localhost", token, pushModule="exampleProdiOS")
-        contact = await Client(xmppd, contact_jid, contact_password, plaintext=True).login()
-        phone.abort()
-        await quiet(0.5)
+        contact = await monal_phone_asleep(xmppd, (phone_jid, phone_password), (contact_jid, contact_password),
+                                           token)
         apns.clear()
         apns.down()
         try:
