@@ -39,6 +39,7 @@ def bodies(received) -> list[str]:
 def test_stream_feature_enable_and_acks(xmppd):
     alice = client(xmppd, "alice")
     bob = client(xmppd, "bob")
+
     async def scenario():
         await alice.connect()
         assert alice.offers_sm()
@@ -58,6 +59,7 @@ def test_stream_feature_enable_and_acks(xmppd):
 
 def test_enable_before_bind_and_twice_fails(xmppd):
     alice = client(xmppd, "alice")
+
     async def scenario():
         await alice.connect()
         with pytest.raises(Exception, match="unexpected-request"):
@@ -74,6 +76,7 @@ def test_enable_before_bind_and_twice_fails(xmppd):
 def test_resume_redelivers_unacknowledged_once_in_order_with_delay(xmppd):
     alice = client(xmppd, "alice", auto_ack=False)
     bob = client(xmppd, "bob")
+
     async def scenario():
         await alice.login(sm=True)
         await bob.login()
@@ -115,6 +118,7 @@ def test_resume_redelivers_unacknowledged_once_in_order_with_delay(xmppd):
 def test_resume_after_the_window_fails_and_messages_arrive_offline(xmppd):
     alice = client(xmppd, "alice", auto_ack=False)
     bob = client(xmppd, "bob")
+
     async def scenario():
         await alice.login(sm=True)
         await bob.login()
@@ -143,6 +147,7 @@ def test_resume_after_the_window_fails_and_messages_arrive_offline(xmppd):
 
 def test_bogus_previd_fails_and_a_fresh_bind_works(xmppd):
     alice = client(xmppd, "alice")
+
     async def scenario():
         await alice.connect()
         alice.sm_id = "no-such-session"
@@ -156,6 +161,7 @@ def test_bogus_previd_fails_and_a_fresh_bind_works(xmppd):
 
 def test_an_h_higher_than_sent_ends_the_stream(xmppd):
     alice = client(xmppd, "alice")
+
     async def scenario():
         await alice.login(sm=True)
         alice.write(b"<a xmlns='urn:xmpp:sm:3' h='1000'/>")
@@ -169,6 +175,7 @@ def test_an_h_higher_than_sent_ends_the_stream(xmppd):
 def test_queue_overflow_goes_to_offline_storage_and_comes_back(xmppd):
     alice = client(xmppd, "alice", auto_ack=False)
     bob = client(xmppd, "bob")
+
     async def scenario():
         await alice.login(sm=True)
         await bob.login()
@@ -196,6 +203,7 @@ def test_queue_overflow_goes_to_offline_storage_and_comes_back(xmppd):
 def test_a_client_that_stops_reading_is_detected_and_hibernated(xmppd):
     alice = client(xmppd, "alice")
     bob = client(xmppd, "bob")
+
     async def scenario():
         await alice.login(sm=True)
         await bob.login()
