@@ -130,6 +130,8 @@ BAD = [
      '"muc" is not one of these; must be a list of distinct names from "version", '
      '"vcard", "register", "offline", "csi", "stream_mgmt", "push", "appserver"'),
     ("version", "show_os", '"false"', "must be true or false"),
+    ("metrics", "port", "70000", "must be an integer from 0 to 65535 (0 turns the endpoint off)"),
+    ("metrics", "interface", '""', "must be a string (not empty)"),
     ("register", "min_interval", "-1",
      "must be a number of at least 0 (seconds; 0 turns the limit off)"),
     ("register", "min_password_length", "0",
@@ -278,7 +280,7 @@ def test_unknown_key_without_a_close_match(base):
 def test_unknown_section_lists_allowed_sections(base):
     assert refusal(base, srever={"domain": '"example.org"'}) == [
         "test.toml: [srever]: unknown section (did you mean [server]?); allowed sections: "
-        "[server], [logging], [storage], [tls], [c2s], [auth], [modules], [version], "
+        "[server], [logging], [storage], [tls], [c2s], [auth], [modules], [metrics], [version], "
         "[register], [offline], [csi], [stream_mgmt], [push], [appserver]"]
 
 
@@ -289,7 +291,7 @@ def test_top_level_key_points_to_its_section(base):
     assert str(caught.value) == (
         'test.toml: domain = "example.org": unknown top-level key (did you mean [server] '
         "domain?); every key belongs in a section: [server], [logging], [storage], [tls], "
-        "[c2s], [auth], [modules], [version], [register], [offline], [csi], [stream_mgmt], [push], [appserver]")
+        "[c2s], [auth], [modules], [metrics], [version], [register], [offline], [csi], [stream_mgmt], [push], [appserver]")
 
 
 def test_section_that_is_not_a_table(base):
@@ -309,7 +311,7 @@ def test_all_problems_are_reported_at_once(base):
         parse_config(text, source="conf/xmppd.toml", base_dir=str(base))
     assert caught.value.errors == (
         "conf/xmppd.toml: [bogus]: unknown section; allowed sections: [server], [logging], "
-        "[storage], [tls], [c2s], [auth], [modules], [version], [register], [offline], [csi], [stream_mgmt], [push], [appserver]",
+        "[storage], [tls], [c2s], [auth], [modules], [metrics], [version], [register], [offline], [csi], [stream_mgmt], [push], [appserver]",
         'conf/xmppd.toml: [server] domain = "a..b": invalid domain name (empty label in domainpart); '
         'must be a DNS domain name such as "example.org" (internationalized names allowed)',
         "conf/xmppd.toml: [c2s] prot = 1: unknown key (did you mean port?); allowed keys "

@@ -278,6 +278,7 @@ def test_offline_messages_keep_their_order(storage):
     assert all(type(i) is int for i in ids) and ids == sorted(set(ids))
     assert messages(storage, "alice") == stored
     assert run(storage.count_offline("alice")) == 6
+    assert run(storage.count_offline()) == 12          # everyone's: the queue depth of the metrics
     assert messages(storage, "alice", limit=2) == stored[:2]
     assert messages(storage, "alice", limit=100) == stored
     assert messages(storage, "alice", limit=0) == []

@@ -229,6 +229,7 @@ class C2SConnection(protocol.Protocol):
             if isinstance(action, m.Send):
                 self.transport.write(action.data)
             elif isinstance(action, m.StanzaIn):
+                self.factory.server.stanza_counts.received[action.element.tag] += 1
                 self.session.handle(action.element)
             elif isinstance(action, m.LookupCredentials):
                 run_soon(self._look_up(action), f"credential lookup for {self.address}")

@@ -522,6 +522,21 @@ class ModulesConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics (/metrics) and a health check (/health) over HTTP."""
+
+    port: int = _option(
+        0, Int(0, 65535, "0 turns the endpoint off"),
+        "TCP port of the metrics and health endpoint; 0: none. Prometheus reads "
+        "http://<interface>:<port>/metrics; /health answers 200 when storage and the "
+        "listeners are up, 503 with the reason otherwise.")
+    interface: str = _option(
+        "127.0.0.1", Text(),
+        "Address the endpoint listens on. It has no authentication: keep it local, or "
+        "behind a firewall.")
+
+
+@dataclass(frozen=True)
 class VersionConfig:
     """Settings of the version module (XEP-0092 Software Version)."""
 
@@ -759,6 +774,7 @@ class Config:
     c2s: C2SConfig = field(default_factory=C2SConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     modules: ModulesConfig = field(default_factory=ModulesConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     version: VersionConfig = field(default_factory=VersionConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
     offline: OfflineConfig = field(default_factory=OfflineConfig)

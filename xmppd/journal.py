@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Awaitable, Sequence
 from datetime import datetime
 
@@ -115,6 +116,7 @@ class Journal:
         self.deleted = 0  # row deletions committed
         self.commits = 0  # successful storage calls (batches)
         self.failures = 0  # failed storage calls (each retried)
+        self.commit_seconds = 0.0  # time spent in successful storage calls (storage latency)
 
     # -- metrics -------------------------------------------------------------------
 
@@ -357,8 +359,10 @@ class Journal:
             log.error("journal: %d messages are not UTF-8; refused", len(undecodable))
         failures = 0
         while True:
+            started = time.monotonic()
             try:
                 ids = await self.storage.write_message_queue(rows, deletes)
+                self.commit_seconds += time.monotonic() - started
                 break
             except Exception as exc:
                 delay = self.retry_delays[min(failures, len(self.retry_delays) - 1)]

@@ -116,6 +116,7 @@ class Running:
     server: object = None
     ports: list = field(default_factory=list)
     factories: list = field(default_factory=list)
+    metrics: object = None
     stopping: bool = False
 
     async def start(self, reactor) -> None:
@@ -159,6 +160,12 @@ class Running:
                 self.ports.append(reactor.listenSSL(c2s.direct_tls_port, factory, tls.context_factory,
                                                     backlog=1024, interface=interface))
                 listeners.append(f"{_host(interface)}:{c2s.direct_tls_port} (direct TLS)")
+        if config.metrics.port:
+            from .metrics import MetricsEndpoint
+
+            self.metrics = MetricsEndpoint(server, self.factories, self.ports)
+            self.ports.append(self.metrics.listen(reactor, config.metrics.port, config.metrics.interface))
+            listeners.append(f"{_host(config.metrics.interface)}:{config.metrics.port} (metrics)")
         log.info("xmppd %s serving %s with %s storage; listening on %s", __version__, server.domain,
                  config.storage.backend, ", ".join(listeners) or "nothing")
 
@@ -171,6 +178,8 @@ class Running:
         from .c2s import CLOSE_GRACE
 
         self.stopping = True
+        if self.metrics is not None:
+            self.metrics.stop()
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(maybeDeferred(port.stopListening).asFuture(loop) for port in self.ports))
         for factory in self.factories:

@@ -12,7 +12,7 @@ import asyncio
 import importlib
 import logging
 import secrets
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any, Awaitable, Callable, Iterable
 
 from lxml import etree
@@ -49,6 +49,7 @@ class Server:
         self.domain = config.server.domain
         self.max_resources = config.c2s.max_resources_per_account
         self.sessions: dict[str, dict[str, Session]] = {}
+        self.stanza_counts = StanzaCounts()   # for the metrics endpoint
         # Messages that matter on their way to an account, durable before their sender's ack (journal.py).
         self.journal = Journal(storage)
         # The stream_mgmt module, when loaded: it keeps sessions whose connection broke (XEP-0198).
@@ -231,6 +232,16 @@ class Server:
 
     def is_local(self, jid: JID) -> bool:
         return jid.domain == self.domain
+
+
+class StanzaCounts:
+    """Stanzas in and out by kind: the one thing counted on the hot path (c2s and Session.transmit)."""
+
+    __slots__ = ("received", "sent")
+
+    def __init__(self) -> None:
+        self.received: Counter = Counter()   # tag name -> count
+        self.sent: Counter = Counter()       # first letter of the serialised stanza -> count
 
 
 NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"

@@ -104,6 +104,7 @@ class Session:
         """The one way a stanza leaves the session. With stream management it waits in the queue until
         the client acknowledges it; without, written to the socket is as delivered as it gets, so the
         journal forgets the message at once."""
+        self.server.stanza_counts.sent[data[1:2]] += 1
         if self.sm is not None:
             self.server.stream_mgmt.transmit(self, data, entry)
             return

@@ -124,8 +124,8 @@ class Storage(abc.ABC):
     # are never given out again, even after deletion, so an id read earlier names one row.
 
     @abc.abstractmethod
-    async def count_offline(self, username: str) -> int:
-        """Number of messages kept for the user."""
+    async def count_offline(self, username: str | None = None) -> int:
+        """Number of messages kept for the user (for everyone with None: the queue depth in metrics)."""
 
     @abc.abstractmethod
     async def write_message_queue(

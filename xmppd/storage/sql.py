@@ -141,7 +141,7 @@ class SQLStorage(Storage):
     async def set_vcard(self, username: str, xml: str | None) -> None:
         await self._run(_set_vcard, username, xml)
 
-    async def count_offline(self, username: str) -> int:
+    async def count_offline(self, username: str | None = None) -> int:
         return await self._run(_count_offline, username)
 
     async def write_message_queue(
@@ -449,7 +449,10 @@ def _set_vcard(username, xml):
 
 
 def _count_offline(username):
-    [(count,)] = yield select("SELECT COUNT(*) FROM offline_messages WHERE username = ?", username)
+    if username is None:
+        [(count,)] = yield select("SELECT COUNT(*) FROM offline_messages")
+    else:
+        [(count,)] = yield select("SELECT COUNT(*) FROM offline_messages WHERE username = ?", username)
     return count
 
 
