@@ -32,6 +32,13 @@ def client(xmppd, prefix: str, **kwargs) -> LeanClient:
     return LeanClient(jid, password, port=xmppd.port, **kwargs)
 
 
+async def both_online(alice: LeanClient, bob: LeanClient) -> str:
+    """Alice with stream management (and resumption), Bob without; returns Alice's bare JID."""
+    await alice.login(sm=True)
+    await bob.login()
+    return alice.jid.split("/")[0]
+
+
 def bodies(received) -> list[str]:
     return [message.body for message in received if message.body is not None]
 
@@ -78,9 +85,7 @@ def test_resume_redelivers_unacknowledged_once_in_order_with_delay(xmppd):
     bob = client(xmppd, "bob")
 
     async def scenario():
-        await alice.login(sm=True)
-        await bob.login()
-        alice_bare = alice.jid.split("/")[0]
+        alice_bare = await both_online(alice, bob)
         for n in range(3):
             bob.send_message(alice_bare, f"before-{n}")
         await alice.wait_until(lambda: len(bodies(alice.received)) == 3)
@@ -120,9 +125,7 @@ def test_resume_after_the_window_fails_and_messages_arrive_offline(xmppd):
     bob = client(xmppd, "bob")
 
     async def scenario():
-        await alice.login(sm=True)
-        await bob.login()
-        alice_bare = alice.jid.split("/")[0]
+        alice_bare = await both_online(alice, bob)
         bob.send_message(alice_bare, "one")
         await alice.wait_until(lambda: len(bodies(alice.received)) == 1)
         alice.abort()
@@ -274,9 +277,7 @@ def test_resuming_while_the_old_connection_is_open_closes_it(xmppd):
     bob = client(xmppd, "bob")
 
     async def scenario():
-        await alice.login(sm=True)
-        await bob.login()
-        alice_bare = alice.jid.split("/")[0]
+        alice_bare = await both_online(alice, bob)
         bob.send_message(alice_bare, "while-open")
         await alice.wait_until(lambda: len(bodies(alice.received)) == 1)
         second = LeanClient(f"{alice.username}@{alice.domain}", alice.password, port=xmppd.port)
