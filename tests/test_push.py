@@ -286,3 +286,25 @@ def test_siskin_style_encrypted_payload(xmppd, fakes):
         await contact.close()
 
     run(scenario())
+
+
+def test_a_subscription_request_wakes_the_phone_with_its_count(xmppd, fakes):
+    apns, _, _ = fakes
+    (phone_jid, phone_password), (contact_jid, contact_password) = accounts(xmppd, 2)
+    token = secrets.token_hex(32)
+
+    async def scenario():
+        contact = await monal_phone_asleep(xmppd, (phone_jid, phone_password), (contact_jid, contact_password),
+                                           token)
+        apns.clear()
+        contact.send_presence(pto=phone_jid, ptype="subscribe")
+        push = (await apns.requests_arrived(1, timeout=5))[0]
+        assert push.token == token
+        assert push.payload["pending-subscription-count"] == 1 and push.payload["message-count"] == 0
+        await quiet(COALESCE_WINDOW * 1.5)
+        send_chat(contact, phone_jid, "it's me")           # the count is remembered, not read again
+        later = (await apns.requests_arrived(2, timeout=5))[1]
+        assert later.payload["pending-subscription-count"] == 1 and later.payload["message-count"] == 1
+        await contact.close()
+
+    run(scenario())

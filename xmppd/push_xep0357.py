@@ -58,13 +58,16 @@ RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 PUBLISH_TIMEOUT = 30.0
 # How often registrations unused for [push] registration_expiry are forgotten.
 EXPIRY_SWEEP = 3600.0
+# How often a device's successful pushes are written to storage (expiry counts in days).
+SUCCESS_RECORD_INTERVAL = 3600.0
 
 
 class Device:
     """One registration (account, app server JID, node) between pushes: what the next push says."""
 
     __slots__ = ("username", "jid", "node", "options_xml", "count", "last_sender", "last_body",
-                 "last_push_at", "trailing", "timer", "sending")
+                 "last_push_at", "trailing", "timer", "sending", "pending_subscriptions", "success_recorded_at",
+                 "failing")
 
     def __init__(self, username: str, jid: str, node: str, options_xml: str | None) -> None:
         self.username = username
@@ -78,6 +81,13 @@ class Device:
         self.trailing = False                   # something arrived since the last push
         self.timer: Any = None
         self.sending = False
+        # Read from storage only when it may have changed (a subscription request arrived, the device came
+        # back), not on every push: pushes are frequent, subscription requests rare.
+        self.pending_subscriptions: int | None = None
+        # A success is written to storage (it keeps the registration from expiring, and clears strikes)
+        # after a failure, and otherwise at most every SUCCESS_RECORD_INTERVAL.
+        self.success_recorded_at: float | None = None
+        self.failing = False
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -256,7 +266,9 @@ class PushNotifications:
             caller = (stanza.get("from") or "").partition("/")[0]
             run_soon(self._publish(device, call=call, caller=caller), f"call push for {device.username}")
             return
-        if stanza.tag == MESSAGE:
+        if stanza.tag != MESSAGE:
+            device.pending_subscriptions = None   # a subscription request: the count changed
+        else:
             device.count += 1
             device.last_sender = stanza.get("from")
             encrypted = any(child.tag in ENCRYPTED for child in stanza)
@@ -293,8 +305,9 @@ class PushNotifications:
     async def _publish(self, device: Device, *, call: etree._Element | None = None, caller: str | None = None) -> None:
         """Publish the device's summary (or a call) and settle the app server's answer."""
         try:
-            pending = len(await self.storage.list_pending_subscriptions(device.username))
-            form = summary_form(device, pending, include_sender=self.include_sender,
+            if device.pending_subscriptions is None:
+                device.pending_subscriptions = len(await self.storage.list_pending_subscriptions(device.username))
+            form = summary_form(device, device.pending_subscriptions, include_sender=self.include_sender,
                                 include_body=self.include_body, call=call, caller=caller)
             await self._send(device, form)
         except Exception:
@@ -316,8 +329,13 @@ class PushNotifications:
                 return
             if answer.get("type") == "result":
                 self.published += 1
-                await self.storage.push_record_success(device.username, device.jid, device.node,
-                                                       datetime.now(timezone.utc))
+                now = self.clock.seconds()
+                if (device.failing or device.success_recorded_at is None
+                        or now - device.success_recorded_at >= SUCCESS_RECORD_INTERVAL):
+                    device.failing = False
+                    device.success_recorded_at = now
+                    await self.storage.push_record_success(device.username, device.jid, device.node,
+                                                           datetime.now(timezone.utc))
                 return
             condition, error_type = error_of(answer)
             if condition == "item-not-found":
@@ -339,6 +357,7 @@ class PushNotifications:
 
     async def _strike(self, device: Device, why: str) -> None:
         self.failed += 1
+        device.failing = True
         strikes = await self.storage.push_record_failure(device.username, device.jid, device.node)
         if strikes >= self.max_strikes:
             log.warning("push for %s disabled after %d failures in a row: %s", device.username, strikes, why)
@@ -355,6 +374,7 @@ class PushNotifications:
         if device is not None:
             device.count = 0
             device.last_sender = device.last_body = None
+            device.pending_subscriptions = None
 
     def _session_ended(self, session: "Session") -> None:
         self._by_session.pop(session, None)
