@@ -32,6 +32,7 @@ from lxml import etree
 
 from .aio import reactor_clock, run_soon
 from .appserver.encryption import FIELD_ALG, FIELD_KEY, NS_ENCRYPT
+from .dataforms import NS_DATA, add_field, form_type, submit_form
 from .importance import CALL, ENCRYPTED, is_important
 from .jid import JID, InvalidJID
 from .router import require_owner
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("xmppd.push")
 
 NS_PUSH = "urn:xmpp:push:0"
-NS_DATA = "jabber:x:data"
 NS_PUBSUB = "http://jabber.org/protocol/pubsub"
 PUBLISH_OPTIONS = "http://jabber.org/protocol/pubsub#publish-options"
 SUMMARY = "urn:xmpp:push:summary"
@@ -107,8 +107,8 @@ def call_action(stanza: etree._Element) -> etree._Element | None:
 def summary_form(device: Device, pending_subscriptions: int, *, include_sender: bool, include_body: bool,
                  call: etree._Element | None = None, caller: str | None = None) -> etree._Element:
     """The XEP-0357 §7 urn:xmpp:push:summary form (plus xmppd's call fields for XEP-0353)."""
-    form = etree.Element(qname(NS_DATA, "x"), {"type": "submit"}, nsmap={None: NS_DATA})
-    fields = [("FORM_TYPE", SUMMARY), ("message-count", str(device.count)),
+    form = submit_form(SUMMARY)
+    fields = [("message-count", str(device.count)),
               ("pending-subscription-count", str(pending_subscriptions))]
     if include_sender and device.last_sender:
         fields.append(("last-message-sender", device.last_sender))
@@ -119,7 +119,7 @@ def summary_form(device: Device, pending_subscriptions: int, *, include_sender: 
         fields += [("call-action", etree.QName(call).localname), ("call-id", call.get("id", "")),
                    ("caller", caller or "")]
     for var, value in fields:
-        _add_field(form, var, value)
+        add_field(form, var, value)
     return form
 
 
@@ -183,16 +183,16 @@ class PushNotifications:
         enable = iq[0]
         service, node = self._target(enable, node_required=True)
         form = enable.find(qname(NS_DATA, "x"))
-        if form is not None and (form.get("type") != "submit" or _form_type(form) != PUBLISH_OPTIONS):
+        if form is not None and (form.get("type") != "submit" or form_type(form) != PUBLISH_OPTIONS):
             raise StanzaError("bad-request", f"the form must be a submitted {PUBLISH_OPTIONS} form")
         encrypt = enable.find(qname(NS_ENCRYPT, "encrypt"))
         if encrypt is not None:
             # Tigase's encrypted payloads (Siskin, Snikket iOS): the key travels to the app server in
             # the publish-options, which is where the app server reads it.
             if form is None:
-                form = _options_form()
-            _add_field(form, FIELD_ALG, encrypt.get("alg", ""))
-            _add_field(form, FIELD_KEY, (encrypt.text or "").strip())
+                form = submit_form(PUBLISH_OPTIONS)
+            add_field(form, FIELD_ALG, encrypt.get("alg", ""))
+            add_field(form, FIELD_KEY, (encrypt.text or "").strip())
         options_xml = serialize(form).decode() if form is not None else None
         now = datetime.now(timezone.utc)
         dropped = await self.storage.push_enable(origin.username, service, node, options_xml, now,
@@ -406,24 +406,6 @@ class PushNotifications:
 
 def _hibernated(session: "Session") -> bool:
     return session.sm is not None and session.sm.hibernated_at is not None
-
-
-def _options_form() -> etree._Element:
-    form = etree.Element(qname(NS_DATA, "x"), {"type": "submit"}, nsmap={None: NS_DATA})
-    _add_field(form, "FORM_TYPE", PUBLISH_OPTIONS)
-    return form
-
-
-def _add_field(form: etree._Element, var: str, value: str) -> None:
-    field = etree.SubElement(form, qname(NS_DATA, "field"), {"var": var})
-    etree.SubElement(field, qname(NS_DATA, "value")).text = value
-
-
-def _form_type(form: etree._Element) -> str | None:
-    for field in form.iter(qname(NS_DATA, "field")):
-        if field.get("var") == "FORM_TYPE":
-            return field.findtext(qname(NS_DATA, "value"))
-    return None
 
 
 def setup(server: "Server") -> PushNotifications:

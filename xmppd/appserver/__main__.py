@@ -55,7 +55,7 @@ from ..config import (AppServerConfig, ConfigError, Int, LoggingConfig, Schema, 
                       _dsn_for_postgresql, _option, _push_apps_consistent)
 from ..config import load_config as load_xmppd_style_config
 from ..storage import open_storage
-from .component import NS_COMPONENT, AppServer, providers_from_config, push_modules_of
+from .component import NS_COMPONENT, AppServer
 from .external import ComponentConnection
 
 log = logging.getLogger("xmppd.appserver")
@@ -104,14 +104,9 @@ async def serve(config: StandaloneConfig, stop: asyncio.Event | None = None) -> 
                                  postgresql_dsn=config.storage.postgresql_dsn,
                                  pool_size=config.storage.postgresql_pool_size)
     try:
-        providers = providers_from_config(settings.apps)
         connection = ComponentConnection(settings.component_host, settings.component_port, settings.domain,
                                          settings.component_secret)
-        server = AppServer(
-            settings.domain, connection.send, storage, providers,
-            default_apns_app=settings.default_apns_app or None, default_fcm_app=settings.default_fcm_app or None,
-            push_modules=push_modules_of(settings.apps), rate_limit=settings.rate_limit, rate_burst=settings.rate_burst,
-            registration_expiry=settings.registration_expiry, stanza_ns=NS_COMPONENT)
+        server = AppServer.from_settings(settings.domain, connection.send, storage, settings, stanza_ns=NS_COMPONENT)
         connection.handler = server.handle
         server.start()
         connection.start()

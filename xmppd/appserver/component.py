@@ -91,6 +91,7 @@ from typing import Any
 from lxml import etree
 
 from ..jid import JID, InvalidJID
+from ..dataforms import NS_DATA, form_type
 from ..stanza import ERROR_TYPES, NS_STANZAS, StanzaError, qname
 from ..storage.base import Storage, StorageError
 from ..storage.models import AppServerRegistration
@@ -104,7 +105,6 @@ NS_COMPONENT = "jabber:component:accept"
 NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
 NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
 NS_COMMANDS = "http://jabber.org/protocol/commands"
-NS_DATA = "jabber:x:data"
 NS_PUBSUB = "http://jabber.org/protocol/pubsub"
 NS_PUSH = "urn:xmpp:push:0"
 NS_PING = "urn:xmpp:ping"
@@ -139,10 +139,6 @@ MAX_COUNT = 10 ** 9         # a count above this is not believed
 UNREGISTERED_MARGIN = 60.0
 # last_used_at is written at most this often per node (seconds of the clock given to AppServer).
 TOUCH_INTERVAL = 3600.0
-
-
-def _q(ns: str, name: str) -> str:
-    return f"{{{ns}}}{name}"
 
 
 def p2_account_hash(owner: str, device_id: str) -> str:
@@ -324,14 +320,26 @@ class AppServer:
         self._clock = clock
         self._sleep = sleep
         self._sweep_interval = sweep_interval
-        self._iq, self._message, self._presence = (_q(stanza_ns, "iq"), _q(stanza_ns, "message"),
-                                                   _q(stanza_ns, "presence"))
+        self._iq, self._message, self._presence = (qname(stanza_ns, "iq"), qname(stanza_ns, "message"),
+                                                   qname(stanza_ns, "presence"))
         self._devices: dict[tuple[str, str], _Device] = {}
         self._last_prune = clock()
         self._touched: dict[str, float] = {}   # node -> clock() of the last last_used_at written
         self._tasks: set[asyncio.Task] = set()
         self._sweeper: asyncio.Task | None = None
         self._closed = False
+
+    @classmethod
+    def from_settings(cls, domain: str, send: Callable[[etree._Element], None], storage: Storage, settings: Any,
+                      *, stanza_ns: str = NS_CLIENT) -> "AppServer":
+        """The app server an [appserver] section describes (config.AppServerConfig, hosted or standalone),
+        with its apps' providers."""
+        return cls(domain, send, storage, providers_from_config(settings.apps),
+                   default_apns_app=settings.default_apns_app or None,
+                   default_fcm_app=settings.default_fcm_app or None,
+                   push_modules=push_modules_of(settings.apps),
+                   rate_limit=settings.rate_limit, rate_burst=settings.rate_burst,
+                   registration_expiry=settings.registration_expiry, stanza_ns=stanza_ns)
 
     # ------------------------------------------------------------ life cycle
     def start(self) -> None:
@@ -439,17 +447,17 @@ class AppServer:
 
     def _iq_request(self, iq: etree._Element, kind: str, payload: etree._Element) -> None:
         tag = payload.tag
-        if tag == _q(NS_DISCO_INFO, "query") and kind == "get":
+        if tag == qname(NS_DISCO_INFO, "query") and kind == "get":
             self._send(self._disco_info(iq, payload))
-        elif tag == _q(NS_DISCO_ITEMS, "query") and kind == "get":
+        elif tag == qname(NS_DISCO_ITEMS, "query") and kind == "get":
             self._send(self._disco_items(iq, payload))
-        elif tag == _q(NS_PING, "ping") and kind == "get":
+        elif tag == qname(NS_PING, "ping") and kind == "get":
             self._send(self._result(iq))
-        elif tag == _q(NS_COMMANDS, "command") and kind == "set":
+        elif tag == qname(NS_COMMANDS, "command") and kind == "set":
             self._spawn(iq, self._command)
-        elif tag == _q(NS_PUBSUB, "pubsub") and kind == "set":
+        elif tag == qname(NS_PUBSUB, "pubsub") and kind == "set":
             self._spawn(iq, self._publish)
-        elif tag == _q(NS_PUBSUB, "pubsub"):
+        elif tag == qname(NS_PUBSUB, "pubsub"):
             self._send(self._error(iq, "feature-not-implemented", "this service only takes XEP-0357 publishes"))
         else:
             self._send(self._error(iq, "service-unavailable"))
@@ -492,7 +500,7 @@ class AppServer:
             log.exception("sending to %s failed", stanza.get("to"))
 
     def _reply(self, request: etree._Element, kind: str) -> etree._Element:
-        reply = etree.Element(_q(self.ns, etree.QName(request).localname), nsmap={None: self.ns})
+        reply = etree.Element(qname(self.ns, etree.QName(request).localname), nsmap={None: self.ns})
         reply.set("type", kind)
         if request.get("id") is not None:
             reply.set("id", request.get("id"))
@@ -509,7 +517,7 @@ class AppServer:
     def _error(self, stanza: etree._Element, condition: str, text: str | None = None,
                error_type: str | None = None) -> etree._Element:
         reply = self._reply(stanza, "error")
-        error = etree.SubElement(reply, _q(self.ns, "error"))
+        error = etree.SubElement(reply, qname(self.ns, "error"))
         error.set("type", error_type or ERROR_TYPES.get(condition, "cancel"))
         etree.SubElement(error, qname(NS_STANZAS, condition), nsmap={None: NS_STANZAS})
         if text:
@@ -524,16 +532,16 @@ class AppServer:
 
     def _disco_info(self, iq: etree._Element, query: etree._Element) -> etree._Element:
         node = query.get("node")
-        answer = etree.Element(_q(NS_DISCO_INFO, "query"), nsmap={None: NS_DISCO_INFO})
+        answer = etree.Element(qname(NS_DISCO_INFO, "query"), nsmap={None: NS_DISCO_INFO})
         if node:
             answer.set("node", node)
 
         def identity(category: str, kind: str, name: str) -> None:
-            etree.SubElement(answer, _q(NS_DISCO_INFO, "identity"), category=category, type=kind, name=name)
+            etree.SubElement(answer, qname(NS_DISCO_INFO, "identity"), category=category, type=kind, name=name)
 
         def features(*names: str) -> None:
             for name in names:
-                etree.SubElement(answer, _q(NS_DISCO_INFO, "feature"), var=name)
+                etree.SubElement(answer, qname(NS_DISCO_INFO, "feature"), var=name)
 
         if node is None:
             identity("pubsub", "push", self.name)
@@ -551,11 +559,11 @@ class AppServer:
 
     def _disco_items(self, iq: etree._Element, query: etree._Element) -> etree._Element:
         node = query.get("node")
-        answer = etree.Element(_q(NS_DISCO_ITEMS, "query"), nsmap={None: NS_DISCO_ITEMS})
+        answer = etree.Element(qname(NS_DISCO_ITEMS, "query"), nsmap={None: NS_DISCO_ITEMS})
         if node == NS_COMMANDS:
             answer.set("node", node)
             for command in self._commands():
-                etree.SubElement(answer, _q(NS_DISCO_ITEMS, "item"), jid=self.domain, node=command,
+                etree.SubElement(answer, qname(NS_DISCO_ITEMS, "item"), jid=self.domain, node=command,
                                  name=COMMAND_NAMES[command])
         elif node is not None:
             return self._error(iq, "item-not-found")
@@ -577,7 +585,7 @@ class AppServer:
             return self._result(iq, self._command_reply(node, session, "canceled"))
         if action not in ("execute", "complete", "next"):
             raise StanzaError("bad-request", f"action {action!r} does not apply")
-        form = command.find(_q(NS_DATA, "x"))
+        form = command.find(qname(NS_DATA, "x"))
         if form is None:
             return self._result(iq, self._command_form(node, session))
         if form.get("type") == "cancel":
@@ -615,50 +623,50 @@ class AppServer:
         log.info("%s registered a %s device (node %s…)%s", owner, app, stored.node[:4],
                  f"; {len(evicted)} older registration(s) forgotten" if evicted else "")
         reply = self._command_reply(node, session, "completed")
-        x = etree.SubElement(reply, _q(NS_DATA, "x"), nsmap={None: NS_DATA}, type="form")
+        x = etree.SubElement(reply, qname(NS_DATA, "x"), nsmap={None: NS_DATA}, type="form")
         for var, value in (("jid", self.domain), ("node", stored.node), ("secret", stored.secret)):
-            field_element = etree.SubElement(x, _q(NS_DATA, "field"), var=var, type="text-single")
-            etree.SubElement(field_element, _q(NS_DATA, "value")).text = value
+            field_element = etree.SubElement(x, qname(NS_DATA, "field"), var=var, type="text-single")
+            etree.SubElement(field_element, qname(NS_DATA, "value")).text = value
         return self._result(iq, reply)
 
     @staticmethod
     def _command_reply(node: str, session: str, status: str) -> etree._Element:
-        return etree.Element(_q(NS_COMMANDS, "command"), nsmap={None: NS_COMMANDS}, node=node,
+        return etree.Element(qname(NS_COMMANDS, "command"), nsmap={None: NS_COMMANDS}, node=node,
                              sessionid=session, status=status)
 
     def _command_form(self, node: str, session: str) -> etree._Element:
         """The form to fill, for a client that executes the command without one (XEP-0050 §3.4)."""
         reply = self._command_reply(node, session, "executing")
-        actions = etree.SubElement(reply, _q(NS_COMMANDS, "actions"), execute="complete")
-        etree.SubElement(actions, _q(NS_COMMANDS, "complete"))
-        x = etree.SubElement(reply, _q(NS_DATA, "x"), nsmap={None: NS_DATA}, type="form")
-        etree.SubElement(x, _q(NS_DATA, "title")).text = COMMAND_NAMES[node]
+        actions = etree.SubElement(reply, qname(NS_COMMANDS, "actions"), execute="complete")
+        etree.SubElement(actions, qname(NS_COMMANDS, "complete"))
+        x = etree.SubElement(reply, qname(NS_DATA, "x"), nsmap={None: NS_DATA}, type="form")
+        etree.SubElement(x, qname(NS_DATA, "title")).text = COMMAND_NAMES[node]
         wanted = [("device-id", "Device id", True), ("muc", "Group chat (optional)", False)]
         if node in REGISTER_COMMANDS:
             wanted.insert(0, ("token", "Push token", True))
         for var, label, required in wanted:
-            f = etree.SubElement(x, _q(NS_DATA, "field"), var=var, label=label,
+            f = etree.SubElement(x, qname(NS_DATA, "field"), var=var, label=label,
                                  type="jid-single" if var == "muc" else "text-single")
             if required:
-                etree.SubElement(f, _q(NS_DATA, "required"))
+                etree.SubElement(f, qname(NS_DATA, "required"))
         return reply
 
     # ------------------------------------------------------------ publishing (XEP-0357 §7)
     async def _publish(self, iq: etree._Element) -> etree._Element | None:
         arrived = time.perf_counter()
         pubsub = iq[0]
-        publish = pubsub.find(_q(NS_PUBSUB, "publish"))
+        publish = pubsub.find(qname(NS_PUBSUB, "publish"))
         if publish is None:
             raise StanzaError("feature-not-implemented", "this service only takes XEP-0357 publishes")
         node = publish.get("node")
         if not node:
             raise StanzaError("bad-request", "a publish needs a node")
-        item = publish.find(_q(NS_PUBSUB, "item"))
-        notification_element = None if item is None else item.find(_q(NS_PUSH, "notification"))
+        item = publish.find(qname(NS_PUBSUB, "item"))
+        notification_element = None if item is None else item.find(qname(NS_PUSH, "notification"))
         if notification_element is None:
             raise StanzaError("bad-request", "the item must be a urn:xmpp:push:0 notification")
         summary = _form_fields(_find_form(notification_element, SUMMARY))
-        options_element = pubsub.find(_q(NS_PUBSUB, "publish-options"))
+        options_element = pubsub.find(qname(NS_PUBSUB, "publish-options"))
         options = _form_fields(None if options_element is None else _find_form(options_element, PUBLISH_OPTIONS))
         publisher = str(_jid(iq.get("from")).bare)
         unknown = StanzaError("item-not-found", "no such node, or not with these publish-options")
@@ -853,23 +861,16 @@ class AppServer:
 # -------------------------------------------------------------------------------- forms and values
 
 
-def _find_form(parent: etree._Element, form_type: str) -> etree._Element | None:
-    """The jabber:x:data form of this FORM_TYPE among parent's children; a form without FORM_TYPE will do."""
+def _find_form(parent: etree._Element, wanted: str) -> etree._Element | None:
+    """The jabber:x:data form of FORM_TYPE `wanted` among parent's children; a form without FORM_TYPE will do."""
     fallback = None
-    for x in parent.iterchildren(_q(NS_DATA, "x")):
-        kind = _form_type(x)
-        if kind == form_type:
+    for x in parent.iterchildren(qname(NS_DATA, "x")):
+        kind = form_type(x)
+        if kind == wanted:
             return x
         if kind is None and fallback is None:
             fallback = x
     return fallback
-
-
-def _form_type(form: etree._Element) -> str | None:
-    for f in form.iterchildren(_q(NS_DATA, "field")):
-        if f.get("var") == "FORM_TYPE":
-            return f.findtext(_q(NS_DATA, "value"))
-    return None
 
 
 def _form_fields(form: etree._Element | None) -> dict[str, list[str]]:
@@ -877,13 +878,13 @@ def _form_fields(form: etree._Element | None) -> dict[str, list[str]]:
     fields: dict[str, list[str]] = {}
     if form is None:
         return fields
-    for f in form.iterchildren(_q(NS_DATA, "field")):
+    for f in form.iterchildren(qname(NS_DATA, "field")):
         var = f.get("var")
         if not var or var == "FORM_TYPE" or var in fields:
             continue
         if len(fields) >= MAX_FIELDS:
             break
-        fields[var] = [(v.text or "")[: MAX_FIELD + 1] for v in f.iterchildren(_q(NS_DATA, "value"))][:8]
+        fields[var] = [(v.text or "")[: MAX_FIELD + 1] for v in f.iterchildren(qname(NS_DATA, "value"))][:8]
     return fields
 
 

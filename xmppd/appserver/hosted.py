@@ -16,7 +16,7 @@ from lxml import etree
 
 from ..aio import run_soon
 from ..jid import JID
-from .component import AppServer, providers_from_config, push_modules_of
+from .component import AppServer
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -29,13 +29,7 @@ class HostedAppServer:
         settings = server.config.appserver
         self.server = server
         self.domain = settings.domain or f"push.{server.domain}"
-        self.app_server = AppServer(
-            self.domain, self._send, server.storage, providers_from_config(settings.apps),
-            default_apns_app=settings.default_apns_app or None,
-            default_fcm_app=settings.default_fcm_app or None,
-            push_modules=push_modules_of(settings.apps),
-            rate_limit=settings.rate_limit, rate_burst=settings.rate_burst,
-            registration_expiry=settings.registration_expiry)
+        self.app_server = AppServer.from_settings(self.domain, self._send, server.storage, settings)
         server.add_component(self.domain, self.app_server.handle)
         # A deleted account's devices must not stay registered here.
         server.on("account-deleted", lambda username: self.app_server.forget(f"{username}@{server.domain}"))
