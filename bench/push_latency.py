@@ -81,16 +81,7 @@ coalesce_window = 0
 rate_limit = 1000
 rate_burst = 1000
 
-[appserver.apps.ios]
-type = "apns"
-key_file = "{key_file}"
-key_id = "{apns.key_id}"
-team_id = "{apns.team_id}"
-topic = "{TOPIC}"
-push_modules = ["{PUSH_MODULE}"]
-endpoint = "127.0.0.1:{apns.port}"
-ca_file = "{apns.ca_file}"
-"""
+{apns.app_toml("ios", key_file, push_modules=[PUSH_MODULE])}"""
 
 
 async def hibernate(port: int, jid: str, password: str, token: str) -> None:
@@ -301,7 +292,6 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     try:
         key_file = workdir / "apns.p8"
-        key_file.write_text(apns.key_pem)
         server = XmppdProcess(workdir, args.backend, cert, key,
                               server_toml(apns, key_file, min(1000000, max(1000, 2 * per_phone))))
         # The harness logs at debug for tests; a benchmark runs at the production default.

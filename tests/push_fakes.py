@@ -156,6 +156,14 @@ class _FakeBase:
         self._violations: list[str] = []
         self._lock = threading.Lock()
 
+    def app_toml(self, name: str, path: str | Path, **extra: Any) -> str:
+        """The [appserver.apps.NAME] table for this fake as a configuration file says it: app_config(path)
+        (which writes the key or service-account file to path) plus `extra` keys such as push_modules."""
+        from xmppd.config import toml_value
+
+        table = {**self.app_config(path), **extra}
+        return f"[appserver.apps.{name}]\n" + "".join(f"{key} = {toml_value(value)}\n" for key, value in table.items())
+
     @property
     def violations(self) -> list[str]:
         """Every rule a client broke, in order (a correct client leaves this empty)."""
@@ -313,7 +321,7 @@ class FakeAPNs(_FakeBase):
         """An [appserver.apps.NAME] table for this fake (writes the key to key_file)."""
         return {"type": "apns", "key_file": self.key.write(key_file), "key_id": self.key_id,
                 "team_id": self.team_id, "topic": self.topic, "sandbox": True,
-                "host": self.host, "port": self.port, "ca_file": self.ca_file}
+                "endpoint": f"{self.host}:{self.port}", "ca_file": self.ca_file}
 
     def client_ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=self.cert_path)

@@ -194,22 +194,8 @@ default_fcm_app = "droid"
 rate_limit = 100.0
 rate_burst = 100
 
-[appserver.apps.ios]
-type = "apns"
-key_file = "{d / 'apns.p8'}"
-key_id = "{apns.key_id}"
-team_id = "{apns.team_id}"
-topic = "{TOPIC}"
-sandbox = true
-push_modules = ["{PUSH_MODULE}"]
-endpoint = "127.0.0.1:{apns.port}"
-ca_file = "{apns.ca_file}"
-
-[appserver.apps.droid]
-type = "fcm"
-service_account_file = "{d / 'fcm.json'}"
-endpoint = "{fcm.endpoint}"
-
+{apns.app_toml("ios", d / "apns.p8", push_modules=[PUSH_MODULE])}
+{fcm.app_toml("droid", d / "fcm.json")}
 [storage]
 backend = "sqlite"
 sqlite_path = "{d / 'appserver.sqlite3'}"
@@ -234,8 +220,6 @@ def stack(tmp_path_factory, request):
     secret = secrets.token_urlsafe(16)
     config = directory / "prosody.cfg.lua"
     config.write_text(prosody_config(stack, secret))
-    (directory / "apns.p8").write_text(apns.key_pem)
-    (directory / "fcm.json").write_text(json.dumps(fcm.service_account()))
     (directory / "appserver.toml").write_text(appserver_config(stack, secret))
 
     for name, password in stack.passwords.items():

@@ -8,7 +8,6 @@ slixmpp client. One xmppd per backend, with the app server hosted in-process on 
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import time
 
@@ -33,8 +32,6 @@ def fakes(tmp_path_factory):
     apns.start()
     fcm.start()
     directory = tmp_path_factory.mktemp("push")
-    (directory / "apns.p8").write_text(apns.key_pem)
-    (directory / "fcm.json").write_text(json.dumps(fcm.service_account()))
     yield apns, fcm, directory
     apns.stop()
     fcm.stop()
@@ -57,21 +54,8 @@ default_fcm_app = "droid"
 rate_limit = 100.0
 rate_burst = 100
 
-[appserver.apps.ios]
-type = "apns"
-key_file = "{directory / 'apns.p8'}"
-key_id = "{apns.key_id}"
-team_id = "{apns.team_id}"
-topic = "{TOPIC}"
-push_modules = ["exampleProdiOS"]
-endpoint = "127.0.0.1:{apns.port}"
-ca_file = "{apns.ca_file}"
-
-[appserver.apps.droid]
-type = "fcm"
-service_account_file = "{directory / 'fcm.json'}"
-endpoint = "{fcm.endpoint}"
-""")
+{apns.app_toml("ios", directory / "apns.p8", push_modules=["exampleProdiOS"])}
+{fcm.app_toml("droid", directory / "fcm.json")}""")
 
 
 def accounts(xmppd, count: int) -> list[tuple[str, str]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import email.utils
 import json
 import secrets
@@ -20,11 +21,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tests.push_fakes import FakeAPNs, FakeFCM, make_apns_key, make_service_account
 from xmppd.appserver.apns import ApnsProvider
+from xmppd.appserver.component import providers_from_config
 from xmppd.appserver.encryption import decrypt_payload, encrypt_payload, key_from_fields, parse_key
 from xmppd.appserver.fcm import FcmProvider
 from xmppd.appserver.providers import (
-    DEFAULT_TTL, MAX_BODY_BYTES, Notification, Result, collapse_key, encrypted_fields, provider_from_config,
+    DEFAULT_TTL, MAX_BODY_BYTES, Notification, Result, collapse_key, encrypted_fields,
 )
+from xmppd.config import PushApp
 
 TOPIC = "org.example.xmppd"
 
@@ -666,13 +669,16 @@ def test_notification_checks_its_kind_and_token():
 
 
 def test_providers_from_config_tables(apns, fcm, tmp_path):
-    apns_provider_ = provider_from_config("ios", apns.app_config(tmp_path / "AuthKey.p8"))
-    fcm_provider_ = provider_from_config("android", fcm.app_config(tmp_path / "service-account.json"))
+    """[appserver.apps.NAME] tables (config.PushApp) become providers that reach the endpoint they name."""
+    apps = [PushApp(name="ios", push_modules=(), **apns.app_config(tmp_path / "AuthKey.p8")),
+            PushApp(name="android", push_modules=(), **fcm.app_config(tmp_path / "service-account.json"))]
+    providers = providers_from_config(apps)
+    apns_provider_, fcm_provider_ = providers["ios"], providers["android"]
     assert (apns_provider_.name, fcm_provider_.name) == ("apns", "fcm")
     assert run(send_one(apns_provider_, Notification(apns_token(), "message", "n"))).outcome == "delivered"
     assert run(send_one(fcm_provider_, Notification("tok", "message", "n"))).outcome == "delivered"
-    for bad in ({"type": "apns", "key_id": "K"}, {"type": "fcm"}, {"type": "webpush"},
-                {"type": "apns", "key_file": str(tmp_path / "missing.p8"), "key_id": "K", "team_id": "T",
-                 "topic": "t"}):
-        with pytest.raises(ValueError):
-            provider_from_config("bad", bad)
+    missing_key = dataclasses.replace(apps[0], key_file=str(tmp_path / "missing.p8"))
+    with pytest.raises(OSError):
+        providers_from_config([missing_key])
+    with pytest.raises(ValueError):
+        providers_from_config([dataclasses.replace(apps[0], type="webpush")])

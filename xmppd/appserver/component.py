@@ -81,7 +81,6 @@ import hashlib
 import hmac
 import logging
 import secrets
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -971,9 +970,10 @@ def _endpoint_options(app: Any) -> dict[str, Any]:
     if not endpoint:
         return {}
     if app.type == "apns":
+        from .apns import client_ssl_context
+
         host, _, port = endpoint.rpartition(":")
-        return {"host": host, "port": int(port),
-                "ssl_context": ssl.create_default_context(cafile=getattr(app, "ca_file", "") or None)}
+        return {"host": host, "port": int(port), "ssl_context": client_ssl_context(getattr(app, "ca_file", "") or None)}
     return {"endpoint": endpoint}
 
 

@@ -39,13 +39,12 @@ Tigase's encrypted push format reads it too.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 __all__ = [
     "Notification", "Result", "Provider", "KINDS", "OUTCOMES", "DEFAULT_TTL", "MAX_BODY_BYTES",
-    "provider_from_config", "ttl_for", "event_fields", "encrypted_fields", "collapse_key", "trim_utf8",
+    "ttl_for", "event_fields", "encrypted_fields", "collapse_key", "trim_utf8",
 ]
 
 KINDS = ("message", "call", "call-ended")
@@ -103,46 +102,6 @@ class Provider(Protocol):
     async def send(self, notification: Notification) -> Result: ...   # never raises for provider errors
 
     async def close(self) -> None: ...
-
-
-def provider_from_config(app_name: str, options: Mapping[str, Any]) -> Provider:
-    """The provider for one ``[appserver.apps.NAME]`` table; ValueError naming what is wrong.
-
-    type = "apns": key_file (the .p8 file), key_id, team_id, topic (the bundle id),
-    sandbox (default false); for tests only: host, port, ca_file. Optional: timeout.
-    type = "fcm": service_account_file, project_id (default: the file's), max_workers
-    (default 4); for tests only: endpoint (the …/v1/projects base), token_uri. Optional:
-    timeout, max_retry_after.
-
-    Call it anywhere; APNs connects at its first push (inside the running loop).
-    """
-    kind = options.get("type")
-    if kind == "apns":
-        from .apns import ApnsProvider, client_ssl_context
-        missing = [key for key in ("key_file", "key_id", "team_id", "topic") if not options.get(key)]
-        if missing:
-            raise ValueError(f"[appserver.apps.{app_name}] (apns) lacks {', '.join(missing)}")
-        try:
-            with open(options["key_file"], encoding="ascii") as f:
-                key_pem = f.read()
-        except (OSError, UnicodeDecodeError) as error:
-            raise ValueError(f"[appserver.apps.{app_name}] key_file: {error}") from None
-        extra: dict[str, Any] = {}
-        if options.get("timeout"):
-            extra["timeout"] = float(options["timeout"])
-        return ApnsProvider(app_name, key_pem, str(options["key_id"]), str(options["team_id"]), str(options["topic"]),
-                            bool(options.get("sandbox", False)), host=options.get("host") or None,
-                            port=int(options["port"]) if options.get("port") else None,
-                            ssl_context=client_ssl_context(options.get("ca_file") or None), **extra)
-    if kind == "fcm":
-        from .fcm import FcmProvider
-        if not options.get("service_account_file"):
-            raise ValueError(f"[appserver.apps.{app_name}] (fcm) lacks service_account_file")
-        extra = {key: float(options[key]) for key in ("timeout", "max_retry_after") if options.get(key)}
-        return FcmProvider(app_name, str(options["service_account_file"]), options.get("project_id") or None,
-                           endpoint=options.get("endpoint") or None, token_uri=options.get("token_uri") or None,
-                           max_workers=int(options.get("max_workers", 4)), **extra)
-    raise ValueError(f"[appserver.apps.{app_name}] type must be \"apns\" or \"fcm\", not {kind!r}")
 
 
 def ttl_for(notification: Notification) -> int:
