@@ -43,6 +43,7 @@ import platform
 import resource
 import secrets
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -168,6 +169,16 @@ def machine_cpu() -> tuple[float, float]:
     return sum(values) - values[3] - values[4], sum(values)
 
 
+def start_profiler(pid: int, path: str, seconds: float) -> subprocess.Popen:
+    """py-spy (from the venv or PATH) sampling the server for the load's duration."""
+    py_spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    if py_spy is None:
+        raise SystemExit("--profile needs py-spy: pip install py-spy")
+    return subprocess.Popen([py_spy, "record", "--pid", str(pid), "--format", "raw", "--output", path,
+                             "--duration", str(max(1, int(seconds))), "--rate", "200"],
+                            stdout=subprocess.DEVNULL)
+
+
 def self_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -192,6 +203,7 @@ async def scenario(server: XmppdProcess, apns: FakeAPNs, args: argparse.Namespac
     server_stat = f"/proc/{server.process.pid}/stat"
     threads0, machine0 = thread_cpu(server.process.pid), machine_cpu()
     wall0, server0, self0, fake0 = time.monotonic(), cpu_seconds(server_stat), self_cpu(), cpu_seconds(fake_thread)
+    profiler = start_profiler(server.process.pid, args.profile, args.seconds) if args.profile else None
     sent = await send_load(senders, phones, args.rate, args.seconds)
     send_end = time.monotonic()
     total = sum(len(times) for times in sent)
@@ -212,6 +224,8 @@ async def scenario(server: XmppdProcess, apns: FakeAPNs, args: argparse.Namespac
                for name, spent in thread_cpu(server.process.pid).items()}
     for sender in senders:
         await sender.close()
+    if profiler is not None:
+        await asyncio.to_thread(profiler.wait)
 
     pushes = apns.requests
     latencies, merged, missing = match(sent, tokens, pushes)
@@ -243,6 +257,7 @@ async def scenario(server: XmppdProcess, apns: FakeAPNs, args: argparse.Namespac
         "target_p99_ms": TARGET_P99_MS,
         "p99_met": ms["p99"] is not None and ms["p99"] <= TARGET_P99_MS and missing == 0,
         "wall_s": round(wall, 2),
+        "xmppd_cpu_us_per_push": round(server_cpu / len(ok) * 1e6) if ok else None,
         "cpu_share": {"xmppd": round(server_cpu / wall, 3), "bench_process": round(bench_cpu / wall, 3),
                       "of_which_fake_apns": round(fake_cpu / wall, 3),
                       "machine_busy_of_all_cpus": round(busy / jiffies, 3)},
@@ -265,6 +280,7 @@ def table(result: dict) -> str:
         ("CPU share of wall", f"xmppd {cpu['xmppd']:.0%}, bench process {cpu['bench_process']:.0%} "
                               f"(fake APNs {cpu['of_which_fake_apns']:.0%}); machine busy "
                               f"{cpu['machine_busy_of_all_cpus']:.0%} of {os.cpu_count()} CPUs"),
+        ("xmppd CPU per push", f"{result['xmppd_cpu_us_per_push']} µs"),
         ("xmppd threads", "main (event loop) {main:.0%}, other {other:.0%}".format(**result["xmppd_threads_cpu_share"])),
     ]
     width = max(len(name) for name, _ in rows)
@@ -278,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--senders", type=int, default=5)
     parser.add_argument("--rate", type=float, default=1000.0, help="messages per second")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--profile", metavar="FILE",
+                        help="record xmppd with py-spy while the load runs (collapsed stacks, for flamegraphs)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (xmppd's log) for a look")
     args = parser.parse_args(argv)
     if args.phones < 1 or args.senders < 1 or args.rate <= 0 or args.seconds <= 0:

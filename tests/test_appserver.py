@@ -458,6 +458,32 @@ def test_publish_monal_style(storage):
     drive(scenario)
 
 
+def test_publishes_follow_registration_changes_despite_the_cache(storage):
+    """Publishes read registrations from a cache: every change made here shows at once, one made by
+    another process sharing the database after REGISTRATION_CACHE_SECONDS at most."""
+    async def scenario():
+        h = Harness(storage)
+        _, node, secret = await h.register("fcm", "tok-a", "dev-1")
+        assert (await h.publish(node, secret=secret)).get("type") == "result"
+        # The same device registers again with a new token: the next push goes to the new one.
+        _, again, secret_again = await h.register("fcm", "tok-b", "dev-1")
+        assert (await h.publish(again, secret=secret_again)).get("type") == "result"
+        assert [n.token for n in h.fcm.sent] == ["tok-a", "tok-b"]
+        # Unregistered here: gone at once, although it was just read for a push.
+        await h.ask(h.command_xml("unregister-push-fcm", {"android-id": "dev-1"}))
+        assert condition(await h.publish(again, secret=secret_again)) == ("item-not-found", "cancel")
+        # Registered, pushed, then deleted behind this process's back (another app server instance).
+        _, node, secret = await h.register("fcm", "tok-c", "dev-2")
+        assert (await h.publish(node, secret=secret)).get("type") == "result"
+        assert await storage.appserver_remove(node, "tok-c")
+        assert (await h.publish(node, secret=secret)).get("type") == "result"   # still cached
+        h.time.now += component_module.REGISTRATION_CACHE_SECONDS
+        assert condition(await h.publish(node, secret=secret)) == ("item-not-found", "cancel")
+        assert [n.token for n in h.fcm.sent] == ["tok-a", "tok-b", "tok-c", "tok-c"]
+
+    drive(scenario)
+
+
 def test_publish_monal_default_module(storage):
     async def scenario():
         h = Harness(storage, push_modules={"default": "monal"})

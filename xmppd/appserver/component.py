@@ -138,6 +138,11 @@ MAX_COUNT = 10 ** 9         # a count above this is not believed
 UNREGISTERED_MARGIN = 60.0
 # last_used_at is written at most this often per node (seconds of the clock given to AppServer).
 TOUCH_INTERVAL = 3600.0
+# How long a registration read from storage is trusted without reading it again. Every change this
+# process makes drops the node from the cache at once; the limit only bounds how long a change made by
+# another process sharing the database (a second app server instance) can go unseen.
+REGISTRATION_CACHE_SECONDS = 60.0
+MAX_CACHED_NODES = 100_000
 
 
 def p2_account_hash(owner: str, device_id: str) -> str:
@@ -324,6 +329,9 @@ class AppServer:
         self._devices: dict[tuple[str, str], _Device] = {}
         self._last_prune = clock()
         self._touched: dict[str, float] = {}   # node -> clock() of the last last_used_at written
+        # node -> (clock() when read, the registration or None): a push needs no storage round trip.
+        self._registrations: dict[str, tuple[float, AppServerRegistration | None]] = {}
+        self._invalidations = 0   # changes so far: a read that overlapped one is not cached
         self._tasks: set[asyncio.Task] = set()
         self._sweeper: asyncio.Task | None = None
         self._closed = False
@@ -381,7 +389,7 @@ class AppServer:
         now = now or datetime.now(timezone.utc)
         gone = await self.storage.appserver_expire(now - self.registration_expiry)
         for registration in gone:
-            self._touched.pop(registration.node, None)
+            self._invalidate(registration.node)
         if gone:
             self.metrics.expired += len(gone)
             log.info("forgot %d push registrations unused for %s days", len(gone), self.registration_expiry.days)
@@ -391,7 +399,7 @@ class AppServer:
         """Delete every registration of a bare JID (an account that was deleted); returns how many went."""
         gone = await self.storage.appserver_delete_owner(owner)
         for registration in gone:
-            self._touched.pop(registration.node, None)
+            self._invalidate(registration.node)
         self.metrics.unregistered += len(gone)
         return len(gone)
 
@@ -602,7 +610,7 @@ class AppServer:
             if not removed:
                 raise StanzaError("item-not-found", "no such registration")
             for registration in removed:
-                self._touched.pop(registration.node, None)
+                self._invalidate(registration.node)
             self.metrics.unregistered += len(removed)
             log.info("%s unregistered %d %s device registration(s)", owner, len(removed), app)
             return self._result(iq, self._command_reply(node, session, "completed"))
@@ -615,8 +623,8 @@ class AppServer:
                                       secret=secrets.token_urlsafe(24), device_id=device_id, muc=muc)
         stored, evicted = await self.storage.appserver_register(fresh, datetime.now(timezone.utc),
                                                                 self.max_per_owner)
-        for registration in evicted:
-            self._touched.pop(registration.node, None)
+        for registration in (stored, *evicted):
+            self._invalidate(registration.node)
         self.metrics.registered += 1
         self.metrics.evicted += len(evicted)
         log.info("%s registered a %s device (node %s…)%s", owner, app, stored.node[:4],
@@ -673,7 +681,7 @@ class AppServer:
             self.metrics.publishes["unknown-node"] += 1
             raise unknown
 
-        registration = await self.storage.appserver_registration(node)
+        registration = await self._registration(node)
         if registration is not None and registration.secret is not None:
             secret = _value(options, "secret") or ""
             if not hmac.compare_digest(secret.encode(), registration.secret.encode()) or not _may_publish(
@@ -749,7 +757,7 @@ class AppServer:
                 self.metrics.dead += int(removed)
             else:
                 await self.storage.appserver_remove(node, node)
-            self._touched.pop(node, None)
+            self._invalidate(node)
             log.info("%s: the device is gone (%s); registration removed", where, result.reason or "unregistered")
             self.metrics.publishes["unregistered"] += 1
             return self._error(iq, "item-not-found", "the device is no longer registered with its push service")
@@ -760,6 +768,26 @@ class AppServer:
         log.warning("%s: %s refused the push: %s", where, provider.name, result.reason or "(no reason)")
         self.metrics.publishes["rejected"] += 1
         return self._error(iq, "internal-server-error", f"{provider.name} refused the push: {result.reason}"[:300])
+
+    async def _registration(self, node: str) -> AppServerRegistration | None:
+        """The node's registration (None for a Monal-style node never seen), from the cache if fresh."""
+        now = self._clock()
+        cached = self._registrations.get(node)
+        if cached is not None and now - cached[0] < REGISTRATION_CACHE_SECONDS:
+            return cached[1]
+        invalidations = self._invalidations
+        registration = await self.storage.appserver_registration(node)
+        if invalidations == self._invalidations:   # else what was read may predate a change: don't keep it
+            if len(self._registrations) >= MAX_CACHED_NODES:
+                self._registrations.clear()
+            self._registrations[node] = (now, registration)
+        return registration
+
+    def _invalidate(self, node: str) -> None:
+        """The node's registration changed (or went): read it again next time."""
+        self._invalidations += 1
+        self._registrations.pop(node, None)
+        self._touched.pop(node, None)
 
     async def _record_use(self, app: str, node: str, registration: AppServerRegistration | None,
                           publisher: str) -> None:
@@ -776,6 +804,8 @@ class AppServer:
                 await self.storage.appserver_touch(node, datetime.now(timezone.utc))
             else:
                 await self.storage.appserver_seen(node, app, publisher, datetime.now(timezone.utc))
+                self._invalidate(node)   # the node has a row now (and was touched just now)
+                self._touched[node] = now
         except StorageError as error:
             self._touched.pop(node, None)
             log.warning("recording a push for node %s… failed: %s", node[:4], error)
