@@ -136,7 +136,8 @@ class Server:
         self._awaited_iqs[iq_id] = (iq.get("to"), answer)
         try:
             await settle(self.router.route(iq, JID.parse(iq.get("to"))))
-            return await asyncio.wait_for(answer, timeout)
+            async with asyncio.timeout(timeout):
+                return await answer
         finally:
             self._awaited_iqs.pop(iq_id, None)
 

@@ -184,7 +184,8 @@ class ApnsProvider:
             log.exception("APNs app %s: cannot build a push", self.app_name)
             return Result("rejected", f"cannot build the push: {error}")
         try:
-            answer = await asyncio.wait_for(self._apns().send_notification(request), self.timeout)
+            async with asyncio.timeout(self.timeout):   # no task per push, unlike wait_for
+                answer = await self._apns().send_notification(request)
         except TimeoutError:
             self._abort_stuck_connections()
             return Result("retry", f"no answer from APNs within {self.timeout:g} s")
