@@ -99,6 +99,13 @@ def test_without_required_encryption_plain_is_not_offered_in_clear():
     assert b"SCRAM-SHA-1" in features and b"PLAIN" not in features
 
 
+def test_plain_in_clear_only_where_the_operator_allows_it():
+    machine = m.C2SMachine(settings(require_encryption=False, allow_unencrypted_plain=True))
+    assert b"<mechanism>PLAIN</mechanism>" in sent(machine.receive(HEADER))
+    machine.receive(plain("alice", "secret"))
+    assert b"<success" in sent(machine.credentials(CREDENTIALS["SCRAM-SHA-256"]))
+
+
 @pytest.mark.parametrize("header, condition", [
     (HEADER.replace(b"localhost", b"elsewhere.example"), "host-unknown"),
     (HEADER.replace(b"version='1.0'", b""), "unsupported-version"),

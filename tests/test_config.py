@@ -122,6 +122,7 @@ BAD = [
      'must be a non-empty list of distinct names from "SCRAM-SHA-256", '
      '"SCRAM-SHA-1", "PLAIN"'),
     ("auth", "channel_binding", "1", "must be true or false"),
+    ("auth", "allow_unencrypted_plain", "\"yes\"", "must be true or false"),
     ("auth", "scram_iterations", "4095", "must be an integer from 4096 to 1000000"),
     ("auth", "throttle_free_failures", "1001", "must be an integer from 0 to 1000"),
     ("auth", "throttle_max_delay", "3600.5", "must be a number from 0 to 3600 (seconds)"),
@@ -339,6 +340,17 @@ def test_tls_files_required_by_encryption_alone(base):
         'x.toml: [tls] certificate = "": required because [c2s] require_encryption = true',
         'x.toml: [tls] private_key = "": required because [c2s] require_encryption = true',
     )
+
+
+def test_unencrypted_plain_needs_unencrypted_streams(base):
+    text = "[c2s]\ndirect_tls_port = 0\nrequire_encryption = false\n[auth]\nallow_unencrypted_plain = true\n"
+    assert parse_config(text, source="x.toml", base_dir=str(base)).auth.allow_unencrypted_plain
+    text = ('[c2s]\ndirect_tls_port = 0\n[auth]\nallow_unencrypted_plain = true\n'
+            '[tls]\ncertificate = "c.pem"\nprivate_key = "k.pem"\n')
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, source="x.toml", base_dir=str(base), check_files=False)
+    assert str(caught.value) == ("x.toml: [auth] allow_unencrypted_plain = true: has no effect while "
+                                 "[c2s] require_encryption = true (no login happens without TLS then)")
 
 
 def test_tls_key_required_with_certificate(base):

@@ -371,17 +371,17 @@ def test_fake_credentials_are_deterministic_and_secret_dependent():
 
 def test_available_mechanisms():
     everything = ["PLAIN", "SCRAM-SHA-1", "SCRAM-SHA-256"]
-    assert available_mechanisms(everything, tls=True, channel_binding_types=["tls-exporter"]) == [
+    assert available_mechanisms(everything, plain_allowed=True, channel_binding_types=["tls-exporter"]) == [
         "SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"]
-    assert available_mechanisms(everything, tls=False, channel_binding_types=[]) == [
+    assert available_mechanisms(everything, plain_allowed=False, channel_binding_types=[]) == [
         "SCRAM-SHA-256", "SCRAM-SHA-1"]
-    assert available_mechanisms(["SCRAM-SHA-256", "PLAIN"], tls=True,
+    assert available_mechanisms(["SCRAM-SHA-256", "PLAIN"], plain_allowed=True,
                                 channel_binding_types=["tls-server-end-point"]) == [
         "SCRAM-SHA-256-PLUS", "SCRAM-SHA-256", "PLAIN"]
     with pytest.raises(ValueError):
-        available_mechanisms(["DIGEST-MD5"], tls=True, channel_binding_types=[])
+        available_mechanisms(["DIGEST-MD5"], plain_allowed=True, channel_binding_types=[])
     with pytest.raises(ValueError):
-        available_mechanisms(["PLAIN"], tls=True, channel_binding_types=["tls-unique"])
+        available_mechanisms(["PLAIN"], plain_allowed=True, channel_binding_types=["tls-unique"])
 
 
 def test_create_mechanism_validates():

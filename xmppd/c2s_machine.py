@@ -138,6 +138,7 @@ class StreamSettings:
     """What the machine needs from the configuration; one instance serves all connections."""
     domain: str
     require_encryption: bool = True
+    allow_unencrypted_plain: bool = False   # PLAIN on a stream without TLS ([auth] allow_unencrypted_plain)
     tls_available: bool = True
     mechanisms: tuple[str, ...] = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
     channel_binding: bool = True
@@ -306,7 +307,8 @@ class C2SMachine:
                 self._offered = []
                 return
         binding_types = self._binding_types()
-        self._offered = sasl.available_mechanisms(list(settings.mechanisms), tls=self.tls_active,
+        self._offered = sasl.available_mechanisms(list(settings.mechanisms),
+                                                  plain_allowed=self.tls_active or settings.allow_unencrypted_plain,
                                                   channel_binding_types=binding_types)
         mechanisms = etree.SubElement(features, qname(NS_SASL, "mechanisms"), nsmap={None: NS_SASL})
         for name in self._offered:

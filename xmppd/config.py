@@ -486,6 +486,11 @@ class AuthConfig:
         True, Bool(),
         "Also offer the SCRAM -PLUS variants, which bind the login to the TLS "
         "connection, when that connection supports channel binding.")
+    allow_unencrypted_plain: bool = _option(
+        False, Bool(),
+        "Offer PLAIN on streams without TLS too (needs [c2s] require_encryption = false), as "
+        "Prosody's allow_unencrypted_plain_auth does: the password crosses the network in clear, "
+        "so only for load tests or a listener reachable from this machine alone.")
     scram_iterations: int = _option(
         4096, Int(4096, 1000000),
         "PBKDF2 iterations for passwords set from now on; stored ones keep theirs "
@@ -841,6 +846,12 @@ def _tls_files_when_needed(get: Lookup) -> Iterator[tuple[str, str, str]]:
             yield "tls", key, "required because " + " and ".join(why)
 
 
+def _plain_needs_unencrypted_streams(get: Lookup) -> Iterator[tuple[str, str, str]]:
+    if get("auth", "allow_unencrypted_plain") and get("c2s", "require_encryption"):
+        yield ("auth", "allow_unencrypted_plain",
+               "has no effect while [c2s] require_encryption = true (no login happens without TLS then)")
+
+
 def _distinct_ports(get: Lookup) -> Iterator[tuple[str, str, str]]:
     port = get("c2s", "port")
     if port and port == get("c2s", "direct_tls_port"):
@@ -874,7 +885,8 @@ def _push_apps_consistent(get: Lookup) -> Iterator[tuple[str, str, str]]:
             owners[module] = app.name
 
 
-SCHEMA = Schema(Config, (_dsn_for_postgresql, _tls_files_when_needed, _distinct_ports, _admins_are_local,
+SCHEMA = Schema(Config, (_dsn_for_postgresql, _tls_files_when_needed, _plain_needs_unencrypted_streams,
+                          _distinct_ports, _admins_are_local,
                          _push_apps_consistent))
 SECTIONS = SCHEMA.sections
 OPTIONS = SCHEMA.options

@@ -140,6 +140,7 @@ class Running:
         auth = config.auth
         settings = StreamSettings(
             domain=server.domain, require_encryption=c2s.require_encryption, tls_available=tls is not None,
+            allow_unencrypted_plain=auth.allow_unencrypted_plain,
             mechanisms=auth.mechanisms, channel_binding=auth.channel_binding,
             max_stanza_size=c2s.max_stanza_size, scram_iterations=auth.scram_iterations,
             fake_secret=fake_secret.encode(), register_before_auth="register" in config.modules.enabled,

@@ -380,9 +380,11 @@ class _Scram(Mechanism):
         return Success(self._username, self._authzid, b"v=" + base64.b64encode(server_signature))
 
 
-def available_mechanisms(enabled: list[str], *, tls: bool, channel_binding_types: list[str]) -> list[str]:
+def available_mechanisms(enabled: list[str], *, plain_allowed: bool,
+                         channel_binding_types: list[str]) -> list[str]:
     """Names to offer, strongest first: SCRAM-SHA-256-PLUS, SCRAM-SHA-1-PLUS (only if channel_binding_types
-    is non-empty and the base mechanism is enabled), SCRAM-SHA-256, SCRAM-SHA-1, PLAIN (only when tls).
+    is non-empty and the base mechanism is enabled), SCRAM-SHA-256, SCRAM-SHA-1, PLAIN (only if plain_allowed:
+    inside TLS, or where the operator allows it on plain streams).
 
     `enabled` lists base names (PLAIN, SCRAM-SHA-1, SCRAM-SHA-256); anything else is a ValueError.
     """
@@ -396,7 +398,7 @@ def available_mechanisms(enabled: list[str], *, tls: bool, channel_binding_types
     scram = [name for name in _SCRAM_BY_STRENGTH if name in enabled]
     offered = [name + PLUS_SUFFIX for name in scram] if channel_binding_types else []
     offered += scram
-    if tls and "PLAIN" in enabled:
+    if plain_allowed and "PLAIN" in enabled:
         offered.append("PLAIN")
     return offered
 
