@@ -122,6 +122,7 @@ class Running:
     async def start(self, reactor) -> None:
         from .auth_throttle import AuthThrottle
         from .c2s import C2SFactory
+        from .eager_tcp import listen_tcp, listen_tls
         from .c2s_machine import StreamSettings
         from .config import OPTIONAL_MODULES
         from .server import CORE_MODULES, Server
@@ -152,14 +153,14 @@ class Running:
             factory = C2SFactory(server, settings, tls, throttle, reactor)
             self.factories.append(factory)
             for interface in c2s.interfaces:
-                self.ports.append(reactor.listenTCP(c2s.port, factory, backlog=1024, interface=interface))
+                self.ports.append(listen_tcp(reactor, c2s.port, factory, backlog=1024, interface=interface))
                 listeners.append(f"{_host(interface)}:{c2s.port}")
         if c2s.direct_tls_port and tls is not None:
             factory = C2SFactory(server, settings, tls, throttle, reactor, direct_tls=True)
             self.factories.append(factory)
             for interface in c2s.interfaces:
-                self.ports.append(reactor.listenSSL(c2s.direct_tls_port, factory, tls.context_factory,
-                                                    backlog=1024, interface=interface))
+                self.ports.append(listen_tls(reactor, c2s.direct_tls_port, factory, tls.context_factory,
+                                             backlog=1024, interface=interface))
                 listeners.append(f"{_host(interface)}:{c2s.direct_tls_port} (direct TLS)")
         if config.metrics.port:
             from .metrics import MetricsEndpoint
