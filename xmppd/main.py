@@ -135,6 +135,7 @@ class Running:
         fake_secret = await self.storage.set_setting_if_absent(FAKE_SECRET_KEY, secrets.token_hex(32))
         server = self.server = Server(config, self.storage)
         server.load_modules(CORE_MODULES + tuple(m for m in OPTIONAL_MODULES if m in config.modules.enabled))
+        await self._restore_sessions()
         tls = TLSSettings.load(config.tls.certificate, config.tls.private_key) if config.tls.certificate else None
         c2s = config.c2s
         auth = config.auth
@@ -178,6 +179,8 @@ class Running:
         from .c2s import CLOSE_GRACE
 
         self.stopping = True
+        if self.server is not None:
+            self.server.stopping = True   # resumable sessions hibernate as their streams close
         if self.metrics is not None:
             self.metrics.stop()
         loop = asyncio.get_running_loop()
@@ -195,10 +198,47 @@ class Running:
         if cancelled:
             log.warning("stopped %d tasks that did not finish in time", cancelled)
         if self.server is not None:
+            await self._save_sessions()
             await self.server.journal.close()   # messages recorded but not committed yet
         if self.storage is not None:
             await self.storage.close()
         log.info("xmppd stopped")
+
+
+    async def _restore_sessions(self) -> None:
+        """Sessions the last graceful stop left resumable become hibernated sessions again."""
+        saved = await self.storage.take_resumable_sessions()
+        if not saved:
+            return
+        keeper = self.server.stream_mgmt
+        if keeper is None:
+            log.info("%d sessions saved by the last stop are dropped: stream_mgmt is not enabled (their "
+                     "messages are offline messages)", len(saved))
+            return
+        await keeper.restore(saved)
+
+    async def _save_sessions(self) -> None:
+        """Write every resumable session to storage, once all they were sent is committed, so that
+        the restarted server can let their clients resume."""
+        keeper = self.server.stream_mgmt
+        if keeper is None or not keeper.resumable_sessions():
+            return
+        for session in keeper.resumable_sessions():
+            try:
+                await asyncio.wait_for(session.idle(), 5.0)   # what the client sent is handled and counted
+            except asyncio.TimeoutError:
+                log.warning("%s: stanzas still being handled at stop", session.full)
+        if not await self.server.journal.flush(10.0):
+            log.error("the journal could not be committed: resumable sessions are not saved (their "
+                      "messages that were committed stay offline messages)")
+            return
+        saved = keeper.saved_state(keeper.clock.seconds())
+        try:
+            stored = await self.storage.save_resumable_sessions(saved)
+        except Exception as error:
+            log.error("resumable sessions could not be saved: %s (their messages stay offline messages)", error)
+            return
+        log.info("%d resumable sessions saved for the restart", stored)
 
 
 def _host(interface: str) -> str:

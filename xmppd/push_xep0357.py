@@ -385,6 +385,26 @@ class PushNotifications:
         if session in self._by_session and session.sm is not None:
             session.sm.extension = max(0.0, self.hibernation_timeout - session.sm.window)
 
+    def device_of(self, session: "Session") -> tuple[str, str] | None:
+        """(app server JID, node) the session enabled push for; a graceful stop saves it (stream_mgmt.py)."""
+        key = self._by_session.get(session)
+        return (key[1], key[2]) if key is not None else None
+
+    async def relink(self, session: "Session", jid: str, node: str) -> None:
+        """A session restored after a restart enabled push before it: link it to its registration again,
+        if the registration still exists, so that what is parked in it wakes the phone."""
+        for registration in await self.storage.push_registrations(session.username):
+            if (registration.jid, registration.node) == (jid, node):
+                key = (session.username, jid, node)
+                if key not in self._devices:
+                    self._devices[key] = Device(*key, registration.options_xml)
+                self._by_session[session] = key
+                return
+
+    def forget(self, username: str, jid: str, node: str) -> None:
+        """The registration was removed outside this process (`xmppctl push remove`)."""
+        self._forget((username, jid, node), "removed by the administrator")
+
     def _forget(self, key: tuple[str, str, str], why: str | None) -> None:
         device = self._devices.pop(key, None)
         if device is not None and device.timer is not None and device.timer.active():

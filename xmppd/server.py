@@ -54,6 +54,9 @@ class Server:
         self.journal = Journal(storage)
         # The stream_mgmt module, when loaded: it keeps sessions whose connection broke (XEP-0198).
         self.stream_mgmt: Any = None
+        # Set by a graceful stop: a resumable session whose stream the server closes hibernates, to be
+        # saved and resumed after the restart (main.py).
+        self.stopping = False
         self.router = Router(self)
         self._iq_handlers: dict[tuple[str, str], IqHandler] = {}
         self._features: dict[str, set[str]] = defaultdict(set)
@@ -199,7 +202,7 @@ class Server:
     def connection_lost(self, session: Session, *, resumable: bool) -> None:
         """The session's connection is gone. If it broke rather than closed (`resumable`), stream
         management may keep the session for a resumption (hibernation); else the session ends."""
-        if resumable and self.stream_mgmt is not None and self.stream_mgmt.hibernate(session):
+        if (resumable or self.stopping) and self.stream_mgmt is not None and self.stream_mgmt.hibernate(session):
             return
         self.unbind(session)
 
