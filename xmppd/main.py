@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 import sys
+import time
 from dataclasses import dataclass, field
 
 from . import __version__
@@ -148,6 +149,12 @@ class Running:
         throttle = AuthThrottle(free_failures=auth.throttle_free_failures, max_delay=auth.throttle_max_delay,
                                 window=auth.throttle_window)
         listeners = []
+        if config.control.socket:
+            from .control import ControlCommands, listen
+
+            commands = ControlCommands(server, self.factories, time.monotonic())
+            self.ports.append(listen(reactor, config.control.socket, commands))
+            listeners.append(f"{config.control.socket} (control)")
         if c2s.port:
             factory = C2SFactory(server, settings, tls, throttle, reactor)
             self.factories.append(factory)

@@ -223,6 +223,19 @@ class Server:
         for awaitable in pending:
             run_soon(awaitable, what)
 
+    def close_sessions(self, bare: str, condition: str, text: str, *, resource: str | None = None,
+                       keep: Session | None = None) -> int:
+        """End the account's sessions (or the one of `resource`), live or hibernated, so that none can
+        be resumed: each goes out of routing first (what its XEP-0198 queue held goes back to offline
+        storage), then its stream ends with the stream error `condition`. Returns how many ended."""
+        ended = 0
+        for session in list(self.sessions_of(bare).values()):
+            if session is not keep and resource in (None, session.resource):
+                self.unbind(session)
+                session.connection.close_stream(condition, text, reason=text)
+                ended += 1
+        return ended
+
     def sessions_of(self, bare: str) -> dict[str, Session]:
         return self.sessions.get(bare, {})
 
