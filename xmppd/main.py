@@ -10,7 +10,9 @@ import argparse
 import asyncio
 import logging
 import os
+import dataclasses
 import secrets
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -49,6 +51,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def setup_logging(config: Config) -> None:
     """One log for everything, Twisted's messages included."""
+    apply_logging(config)
+    from twisted.logger import STDLibLogObserver, globalLogBeginner
+
+    globalLogBeginner.beginLoggingTo([STDLibLogObserver(name="twisted")], redirectStandardIO=False)
+
+
+def apply_logging(config: Config) -> None:
+    """Open the log (again: a reload reopens the file, after logrotate moved it) and set the level.
+    Raises OSError, with the log unchanged, if the file cannot be opened."""
     handler: logging.Handler
     if config.logging.file:
         handler = logging.FileHandler(config.logging.file)
@@ -56,11 +67,11 @@ def setup_logging(config: Config) -> None:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
+    old = list(root.handlers)
     root.handlers[:] = [handler]
     root.setLevel(config.logging.level.upper())
-    from twisted.logger import STDLibLogObserver, globalLogBeginner
-
-    globalLogBeginner.beginLoggingTo([STDLibLogObserver(name="twisted")], redirectStandardIO=False)
+    for previous in old:
+        previous.close()
 
 
 def run(config: Config) -> int:
@@ -84,7 +95,11 @@ def run(config: Config) -> int:
         task = asyncio.ensure_future(state.start(reactor))
         task.add_done_callback(lambda t: failed(t.exception()) if not t.cancelled() and t.exception() else None)
 
+    def reload_soon(signum, frame) -> None:
+        reactor.callFromThread(state.reload)
+
     reactor.callWhenRunning(begin)
+    reactor.callWhenRunning(signal.signal, signal.SIGHUP, reload_soon)
     reactor.addSystemEventTrigger("before", "shutdown", lambda: _as_deferred(state.stop()))
     reactor.run()
     return exit_code[0]
@@ -119,6 +134,8 @@ class Running:
     factories: list = field(default_factory=list)
     metrics: object = None
     stopping: bool = False
+    settings: object = None        # the StreamSettings new client connections get
+    tls_listener: object = None    # the direct TLS listener's CurrentCertificate
 
     async def start(self, reactor) -> None:
         from .auth_throttle import AuthThrottle
@@ -127,7 +144,7 @@ class Running:
         from .config import OPTIONAL_MODULES
         from .server import CORE_MODULES, Server
         from .accounts import open_configured_storage
-        from .tls import TLSSettings
+        from .tls import CurrentCertificate, TLSSettings
 
         config = self.config
         self.storage = await open_configured_storage(config)
@@ -140,7 +157,7 @@ class Running:
         tls = TLSSettings.load(config.tls.certificate, config.tls.private_key) if config.tls.certificate else None
         c2s = config.c2s
         auth = config.auth
-        settings = StreamSettings(
+        settings = self.settings = StreamSettings(
             domain=server.domain, require_encryption=c2s.require_encryption, tls_available=tls is not None,
             mechanisms=auth.mechanisms, channel_binding=auth.channel_binding,
             max_stanza_size=c2s.max_stanza_size, scram_iterations=auth.scram_iterations,
@@ -164,8 +181,9 @@ class Running:
         if c2s.direct_tls_port and tls is not None:
             factory = C2SFactory(server, settings, tls, throttle, reactor, direct_tls=True)
             self.factories.append(factory)
+            self.tls_listener = CurrentCertificate(tls)
             for interface in c2s.interfaces:
-                self.ports.append(reactor.listenSSL(c2s.direct_tls_port, factory, tls.context_factory,
+                self.ports.append(reactor.listenSSL(c2s.direct_tls_port, factory, self.tls_listener,
                                                     backlog=1024, interface=interface))
                 listeners.append(f"{_host(interface)}:{c2s.direct_tls_port} (direct TLS)")
         if config.metrics.port:
@@ -176,6 +194,35 @@ class Running:
             listeners.append(f"{_host(config.metrics.interface)}:{config.metrics.port} (metrics)")
         log.info("xmppd %s serving %s with %s storage; listening on %s", __version__, server.domain,
                  config.storage.backend, ", ".join(listeners) or "nothing")
+
+    def reload(self) -> None:
+        """SIGHUP (reload.py)."""
+        from .reload import reload
+
+        if self.server is not None and not self.stopping:
+            reload(self)
+
+    def apply_config(self, config: Config) -> None:
+        """Run with `config` from now on (reload.merge() kept what needs a restart): new connections get
+        the new certificate and [c2s]/[auth] settings, modules re-read their options. Raises TLSError or
+        OSError (an unusable certificate or log file) before anything changed."""
+        from .tls import TLSSettings
+
+        tls = TLSSettings.load(config.tls.certificate, config.tls.private_key) if config.tls.certificate else None
+        apply_logging(config)
+        self.config = self.server.config = config
+        c2s, auth = config.c2s, config.auth
+        self.settings = dataclasses.replace(
+            self.settings, require_encryption=c2s.require_encryption, mechanisms=auth.mechanisms,
+            channel_binding=auth.channel_binding, max_stanza_size=c2s.max_stanza_size,
+            scram_iterations=auth.scram_iterations)
+        for factory in self.factories:
+            factory.settings = self.settings
+            factory.tls = tls
+            factory.configure(c2s)
+        if self.tls_listener is not None:
+            self.tls_listener.settings = tls
+        self.server.schedule(self.server.fire("config-reloaded", config), "config-reloaded hooks")
 
     async def stop(self) -> None:
         """Stop listening, tell clients the server is going away, let work already accepted finish

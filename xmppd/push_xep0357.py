@@ -154,14 +154,8 @@ class PushNotifications:
         self.server = server
         self.clock = reactor_clock(clock)
         self.storage = server.storage
-        settings = server.config.push
-        self.max_registrations = settings.max_registrations
-        self.expiry = timedelta(days=settings.registration_expiry)
-        self.window = settings.coalesce_window
-        self.max_strikes = settings.max_strikes
-        self.include_sender = settings.include_sender
-        self.include_body = settings.include_body
-        self.hibernation_timeout = settings.hibernation_timeout
+        self.configure(server.config)
+        server.on("config-reloaded", self.configure)
         self._devices: dict[tuple[str, str, str], Device] = {}
         self._by_session: dict["Session", tuple[str, str, str]] = {}
         self.published = 0     # counters for metrics
@@ -174,6 +168,17 @@ class PushNotifications:
         server.on("session-ended", self._session_ended)
         server.on("session-hibernated", self._hibernated)
         self._sweep_timer = self.clock.callLater(60.0, self._sweep)
+
+    def configure(self, config: Any) -> None:
+        """[push] options (at start and on reload)."""
+        settings = config.push
+        self.max_registrations = settings.max_registrations
+        self.expiry = timedelta(days=settings.registration_expiry)
+        self.window = settings.coalesce_window
+        self.max_strikes = settings.max_strikes
+        self.include_sender = settings.include_sender
+        self.include_body = settings.include_body
+        self.hibernation_timeout = settings.hibernation_timeout
 
     # ------------------------------------------------------------ enable / disable (XEP-0357 §5, §6)
     async def _enable(self, iq: etree._Element, origin: "Session | None", to: JID) -> etree._Element:

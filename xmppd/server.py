@@ -47,7 +47,6 @@ class Server:
         self.config = config
         self.storage = storage
         self.domain = config.server.domain
-        self.max_resources = config.c2s.max_resources_per_account
         self.sessions: dict[str, dict[str, Session]] = {}
         self.stanza_counts = StanzaCounts()   # for the metrics endpoint
         # Messages that matter on their way to an account, durable before their sender's ack (journal.py).
@@ -155,7 +154,8 @@ class Server:
     def on(self, event: str, callback: Callable) -> None:
         """Run `callback` when `event` fires. Hooks in use: 'session-bound' (session),
         'session-ended' (session), 'session-resumed' (session), 'initial-presence' (session),
-        'account-deleted' (username), 'parked' (username, stanza, session or None: a stanza for the
+        'account-deleted' (username), 'config-reloaded' (the new Config, already in server.config: modules
+        re-read their options), 'parked' (username, stanza, session or None: a stanza for the
         account waits in a hibernated session's queue or in offline storage)."""
         self._hooks[event].append(callback)
 
@@ -180,10 +180,11 @@ class Server:
         (resource-constraint) when the account already has [c2s] max_resources_per_account sessions."""
         bare = f"{username}@{self.domain}"
         resources = self.sessions.get(bare, {})
-        if len(resources) >= self.max_resources and resource not in resources:
+        max_resources = self.config.c2s.max_resources_per_account   # read now: a reload may change it
+        if len(resources) >= max_resources and resource not in resources:
             # RFC 6120 §7.6.2.1: a limit on simultaneous sessions for one account (a replacement is none).
             log.warning("c2s %s refused a bind for %s: %d sessions already", connection.address, username,
-                        self.max_resources)
+                        max_resources)
             raise StanzaError("resource-constraint", "too many sessions for this account")
         if resource is None:
             resource = secrets.token_hex(4)

@@ -246,12 +246,8 @@ class StreamManagementModule:
     def __init__(self, server: "Server", clock: Any = None) -> None:
         self.server = server
         self.clock = reactor_clock(clock)
-        settings = server.config.stream_mgmt
-        self.max_window = settings.resume_timeout
-        self.max_queue = settings.max_queue
-        self.request_after = settings.request_after_stanzas
-        self.request_delay = settings.request_after_seconds
-        self.ack_timeout = settings.ack_timeout
+        self.configure(server.config)
+        server.on("config-reloaded", self.configure)
         self.journal = server.journal
         self._resumable: dict[str, "Session"] = {}             # resume id -> session
         self._ended: OrderedDict[str, tuple[str, int, float]] = OrderedDict()   # id -> (user, h, when)
@@ -264,6 +260,15 @@ class StreamManagementModule:
         server.add_nonza_handler(RESUME, self._on_resume_when_bound)
         server.on("session-ended", self._session_ended)
         server.stream_mgmt = self
+
+    def configure(self, config: Any) -> None:
+        """[stream_mgmt] options, for streams that enable stream management from now on."""
+        settings = config.stream_mgmt
+        self.max_window = settings.resume_timeout
+        self.max_queue = settings.max_queue
+        self.request_after = settings.request_after_stanzas
+        self.request_delay = settings.request_after_seconds
+        self.ack_timeout = settings.ack_timeout
 
     # ------------------------------------------------------------ counts for status and metrics
     @property
