@@ -135,3 +135,50 @@ def test_a_sigkill_loses_nothing_acknowledged(request, tmp_path_factory, certifi
         await fresh.close()
 
     run(scenario())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_contacts_see_the_user_offline_until_the_session_is_resumed(request, tmp_path_factory, certificate,
+                                                                      backend):
+    from tests.harness import Client
+    from xmppd.storage import RosterItem, open_storage
+
+    server = start(request, tmp_path_factory, certificate, backend)
+    alice, bob = accounts(server)
+    alice_bare, bob_bare = (f"{c.username}@localhost" for c in (alice, bob))
+
+    async def befriend() -> None:
+        storage = await open_storage(server.backend, **server.storage_kwargs)
+        try:
+            await storage.set_roster_item(alice.username, RosterItem(bob_bare, subscription="both"))
+            await storage.set_roster_item(bob.username, RosterItem(alice_bare, subscription="both"))
+        finally:
+            await storage.close()
+
+    asyncio.run(befriend())
+
+    async def available_from(contact: Client, jid: str, timeout: float):
+        while True:
+            presence = await contact.next_presence(timeout)
+            if presence["from"].bare == jid:
+                return presence
+
+    async def scenario():
+        await alice.login(sm=True, resource="phone")
+        server.stop()
+        alice.abort()
+        server.start()
+        contact = await Client(server, bob_bare, bob.password, plaintext=True).login()
+        contact.send_presence()
+        with pytest.raises(asyncio.TimeoutError):      # alice's session is restored, but not online
+            await available_from(contact, alice_bare, 1.5)
+        await alice.connect()
+        assert (await alice.resume()).resumed
+        presence = await available_from(contact, alice_bare, 10)
+        assert presence["type"] == "available" and str(presence["from"]) == alice.jid
+        await alice.close()
+        unavailable = await available_from(contact, alice_bare, 10)
+        assert unavailable["type"] == "unavailable"
+        await contact.close()
+
+    run(scenario())
