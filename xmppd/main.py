@@ -164,7 +164,7 @@ class Running:
             fake_secret=fake_secret.encode(), register_before_auth="register" in config.modules.enabled,
             bound_features=server.stream_features)
         throttle = AuthThrottle(free_failures=auth.throttle_free_failures, max_delay=auth.throttle_max_delay,
-                                window=auth.throttle_window)
+                                base_delay=min(1.0, auth.throttle_max_delay) or 1.0, window=auth.throttle_window)
         listeners = []
         if config.control.socket:
             from .control import ControlCommands, listen
