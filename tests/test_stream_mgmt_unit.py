@@ -295,3 +295,24 @@ def test_module_a_graceful_stop_saves_resumable_sessions_and_a_start_restores_th
         assert restored.closed and not restarted.journal.in_hand(17)   # an offline message again
 
     asyncio.run(scenario())
+
+
+def test_module_an_unreadable_saved_session_is_skipped_and_claims_nothing(caplog):
+    import asyncio
+    import json
+    from datetime import datetime, timezone
+
+    from xmppd.storage.models import ResumableSession
+
+    async def scenario():
+        server, keeper, _, bound, _ = module_setup()
+        server.unbind(bound)
+        queue = [["<message xmlns='jabber:client'/>", 5, 0.0, "2024-05-06T07:08:09+00:00"], ["<iq/>", "x", 0.0, None]]
+        broken = ResumableSession("id-1", "bob", "phone", 1, 0, 60.0, json.dumps({"queue": queue}),
+                                  datetime.now(timezone.utc))
+        await keeper.restore([broken, ResumableSession("id-2", "bob", "pad", 0, 0, 60.0, "{", broken.saved_at)])
+        assert server.sessions_of("bob@localhost") == {} and not server.journal.in_hand(5)
+
+    asyncio.run(scenario())
+    assert "saved session id-1 of bob@localhost is unreadable" in caplog.text
+    assert "saved session id-2 of bob@localhost is unreadable" in caplog.text

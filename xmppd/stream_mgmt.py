@@ -575,12 +575,15 @@ class StreamManagementModule:
         if details.get("presence"):
             sm.saved_presence = etree.fromstring(details["presence"].encode(), STORED_PARSER)
         sm.overflowed = bool(details.get("overflowed"))
-        for data, row, queued_at, received in details["queue"]:
+        # Read every item before claiming any row: an unreadable one must not leave rows claimed.
+        items = [(data.encode(), None if row is None else (int(row), datetime.fromisoformat(received)),
+                  float(queued_at)) for data, row, queued_at, received in details["queue"]]
+        for data, row, queued_at in items:
             entry = None
             if row is not None:
-                entry = self.journal.adopt(record.username, int(row), datetime.fromisoformat(received))
+                entry = self.journal.adopt(record.username, *row)
                 self.journal.claim(entry)
-            sm.queue.append(Unacked(data.encode(), entry, float(queued_at)))
+            sm.queue.append(Unacked(data, entry, queued_at))
         return session
 
     # ------------------------------------------------------------ the one timer per managed stream
