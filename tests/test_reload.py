@@ -4,9 +4,7 @@ changes nothing (the log says why, as check-config would)."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import os
 import secrets
 import signal
 import socket

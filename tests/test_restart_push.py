@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import start_xmppd
 from tests.harness import run
-from tests.lean_client import LeanClient, random_password
+from tests.lean_client import LeanClient
 from tests.push_fakes import FakeFCM
 from tests.storage_fixtures import BACKENDS
 from tests.test_push import enable_push, register_p2

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
-import dataclasses
 import secrets
 import signal
 import sys
@@ -257,7 +257,6 @@ class Running:
         if self.storage is not None:
             await self.storage.close()
         log.info("xmppd stopped")
-
 
     async def _restore_sessions(self) -> None:
         """Sessions the last graceful stop left resumable become hibernated sessions again."""
