@@ -140,8 +140,24 @@ def test_expired_entries_are_forgotten(clock):
 
 
 @pytest.mark.parametrize("options", [
-    {"free_failures": 0}, {"base_delay": 0}, {"base_delay": 5, "max_delay": 1}, {"window": 0}, {"max_entries": 0},
+    {"free_failures": -1}, {"base_delay": 0}, {"base_delay": 5, "max_delay": 1}, {"max_delay": -1}, {"window": 0},
+    {"max_entries": 0},
 ])
 def test_invalid_options(options):
     with pytest.raises(ValueError):
         AuthThrottle(**options)
+
+
+def test_the_ends_of_the_configured_ranges(clock):
+    """[auth] throttle_free_failures may be 0 and throttle_max_delay 0 ("turns throttling off"): the
+    server must start with them, not fail on a value the configuration accepted."""
+    none_free = throttle(clock, free_failures=0, base_delay=0.5, max_delay=0.5)
+    delays = []
+    for _ in range(3):
+        delays.append(none_free.delay("192.0.2.1", None))
+        none_free.record_failure("192.0.2.1", None)
+    assert delays == [0, 0.5, 0.5]
+    off = throttle(clock, max_delay=0)
+    for _ in range(10):
+        off.record_failure("192.0.2.1", "juliet")
+    assert off.delay("192.0.2.1", "juliet") == 0

@@ -133,6 +133,7 @@ BAD = [
     ("version", "show_os", '"false"', "must be true or false"),
     ("metrics", "port", "70000", "must be an integer from 0 to 65535 (0 turns the endpoint off)"),
     ("metrics", "interface", '""', "must be a string (not empty)"),
+    ("control", "socket", "5", 'must be a file path of at most 107 bytes, or "" for no control socket'),
     ("register", "min_interval", "-1",
      "must be a number of at least 0 (seconds; 0 turns the limit off)"),
     ("register", "min_password_length", "0",
@@ -281,7 +282,7 @@ def test_unknown_key_without_a_close_match(base):
 def test_unknown_section_lists_allowed_sections(base):
     assert refusal(base, srever={"domain": '"example.org"'}) == [
         "test.toml: [srever]: unknown section (did you mean [server]?); allowed sections: "
-        "[server], [logging], [storage], [tls], [c2s], [auth], [modules], [metrics], [version], "
+        "[server], [logging], [storage], [tls], [c2s], [auth], [modules], [metrics], [control], [version], "
         "[register], [offline], [csi], [stream_mgmt], [push], [appserver]"]
 
 
@@ -292,7 +293,7 @@ def test_top_level_key_points_to_its_section(base):
     assert str(caught.value) == (
         'test.toml: domain = "example.org": unknown top-level key (did you mean [server] '
         "domain?); every key belongs in a section: [server], [logging], [storage], [tls], "
-        "[c2s], [auth], [modules], [metrics], [version], [register], [offline], [csi], [stream_mgmt], [push], [appserver]")
+        "[c2s], [auth], [modules], [metrics], [control], [version], [register], [offline], [csi], [stream_mgmt], [push], [appserver]")
 
 
 def test_section_that_is_not_a_table(base):
@@ -312,7 +313,7 @@ def test_all_problems_are_reported_at_once(base):
         parse_config(text, source="conf/xmppd.toml", base_dir=str(base))
     assert caught.value.errors == (
         "conf/xmppd.toml: [bogus]: unknown section; allowed sections: [server], [logging], "
-        "[storage], [tls], [c2s], [auth], [modules], [metrics], [version], [register], [offline], [csi], [stream_mgmt], [push], [appserver]",
+        "[storage], [tls], [c2s], [auth], [modules], [metrics], [control], [version], [register], [offline], [csi], [stream_mgmt], [push], [appserver]",
         'conf/xmppd.toml: [server] domain = "a..b": invalid domain name (empty label in domainpart); '
         'must be a DNS domain name such as "example.org" (internationalized names allowed)',
         "conf/xmppd.toml: [c2s] prot = 1: unknown key (did you mean port?); allowed keys "
@@ -486,11 +487,12 @@ def test_defaults(tmp_path):
     assert config.server.domain == "localhost"
     assert config.server.admins == ()
     assert config.storage.sqlite_path == str(tmp_path / "xmppd.sqlite3")
+    assert config.control.socket == str(tmp_path / "xmppd.sock")
     assert config.c2s.interfaces == ("127.0.0.1", "::1")
     assert config.auth.mechanisms == ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
     assert config.modules.enabled == ("version", "vcard", "offline", "csi", "stream_mgmt", "push")
     for option in OPTIONS:
-        if option.key != "sqlite_path":
+        if option.key not in ("sqlite_path", "socket"):   # relative paths, made absolute
             assert getattr(getattr(config, option.section), option.key) == option.default
     assert set(config.modules.enabled) <= set(OPTIONAL_MODULES)
 
@@ -525,7 +527,8 @@ def test_example_in_place_fails_only_for_the_tls_files():
 
 def test_example_lists_every_key_at_its_default():
     data = tomllib.loads(example_text())
-    production = {("storage", "sqlite_path"), ("tls", "certificate"), ("tls", "private_key")}
+    production = {("storage", "sqlite_path"), ("tls", "certificate"), ("tls", "private_key"),
+                  ("control", "socket")}
     listed = {(section, key) for section, keys in data.items() for key in keys}
     # A table of tables ([appserver.apps.NAME]) is shown commented out: its default is none.
     tables = {(o.section, o.key) for o in OPTIONS if o.type == "table of tables"}
@@ -665,3 +668,12 @@ def test_docs_say_how_the_file_is_found():
     text = DOCS.read_text(encoding="utf-8")
     assert "xmppd --config PATH" in text
     assert "/etc/xmppd/xmppd.toml" in text
+
+
+def test_a_control_socket_path_too_long_for_the_kernel(base):
+    long_path = "/run/" + "x" * 103
+    assert refusal(base, control={"socket": f'"{long_path}"'}) == [
+        f'test.toml: [control] socket = "{long_path}": {long_path} is 108 bytes long, more than a Unix '
+        'socket allows (107); must be a file path of at most 107 bytes, or "" for no control socket']
+    assert parse(base, control={"socket": '"/run/' + "x" * 102 + '"'}).control.socket == "/run/" + "x" * 102
+    assert parse(base, control={"socket": '""'}).control.socket == ""

@@ -249,3 +249,70 @@ def test_module_overflow_answers_iqs_and_drops_presence_when_full():
     presence = etree.Element("{jabber:client}presence", {"from": "alice@localhost/pc"})
     session.deliver(presence)
     assert session.sm.overflowed and len(session.sm.queue) == 10     # nothing overwritten
+
+
+def test_module_a_graceful_stop_saves_resumable_sessions_and_a_start_restores_them():
+    import asyncio
+    import json
+    from datetime import datetime, timezone
+
+    async def scenario():
+        server, module, clock, session, connection = module_setup(resume_timeout=300, request_after_stanzas=100)
+        enable(server, session, resume="true")
+        resume_id = session.sm.resume_id
+        session.sm.received()
+        session.sm.received()
+        received_at = datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
+        stored = server.journal.adopt("bob", 17, received_at)   # a message that is a row of offline_messages
+        session.deliver(message(1))
+        session.deliver_stored(b"<message xmlns='jabber:client' id='2'><body>hi</body></message>", stored)
+        session.deliver(etree.fromstring(b"<iq xmlns='jabber:client' type='get' id='q' from='alice@localhost/pc'/>"))
+        answer(server, session, 1)
+        server.stopping = True
+        server.connection_lost(session, resumable=False)   # the stop closed the stream: it hibernates
+        assert not session.closed and module.hibernated == 1
+        clock.advance(100)
+        [saved] = module.saved_state(clock.seconds())
+        assert (saved.resume_id, saved.username, saved.resource) == (resume_id, "bob", "phone")
+        assert (saved.handled, saved.acked, saved.remaining) == (2, 1, 200.0)
+        queue = json.loads(saved.details)["queue"]
+        assert [(row, received) for _, row, _, received in queue] == [(17, received_at.isoformat()), (None, None)]
+
+        restarted, keeper, restart_clock, bound, _ = module_setup(resume_timeout=300)
+        await keeper.restore([saved])
+        assert restarted.session(session.jid) is bound     # a session of that resource exists: left alone
+        restarted.unbind(bound)
+        await keeper.restore([saved])
+        restored = restarted.session(session.jid)
+        sm = restored.sm
+        assert sm.resume_id == resume_id and sm.hibernated_at is not None and sm.presence_suspended
+        assert (sm.handled, sm.acked, sm.window) == (2, 1, 200.0)
+        assert [item.data for item in sm.queue] == [item.data for item in session.sm.queue]
+        assert sm.queue[0].entry.id == 17 and restarted.journal.in_hand(17)   # offline delivery skips it
+        restart_clock.advance(199)
+        assert not restored.closed
+        restart_clock.advance(1)
+        assert restored.closed and not restarted.journal.in_hand(17)   # an offline message again
+
+    asyncio.run(scenario())
+
+
+def test_module_an_unreadable_saved_session_is_skipped_and_claims_nothing(caplog):
+    import asyncio
+    import json
+    from datetime import datetime, timezone
+
+    from xmppd.storage.models import ResumableSession
+
+    async def scenario():
+        server, keeper, _, bound, _ = module_setup()
+        server.unbind(bound)
+        queue = [["<message xmlns='jabber:client'/>", 5, 0.0, "2024-05-06T07:08:09+00:00"], ["<iq/>", "x", 0.0, None]]
+        broken = ResumableSession("id-1", "bob", "phone", 1, 0, 60.0, json.dumps({"queue": queue}),
+                                  datetime.now(timezone.utc))
+        await keeper.restore([broken, ResumableSession("id-2", "bob", "pad", 0, 0, 60.0, "{", broken.saved_at)])
+        assert server.sessions_of("bob@localhost") == {} and not server.journal.in_hand(5)
+
+    asyncio.run(scenario())
+    assert "saved session id-1 of bob@localhost is unreadable" in caplog.text
+    assert "saved session id-2 of bob@localhost is unreadable" in caplog.text

@@ -36,10 +36,10 @@ class AuthThrottle:
 
     def __init__(self, *, free_failures: int = 3, base_delay: float = 1.0, max_delay: float = 30.0,
                  window: float = 600.0, clock: Callable[[], float] = time.monotonic, max_entries: int = 100000):
-        if free_failures < 1:
-            raise ValueError("free_failures must be at least 1")
-        if not 0 < base_delay <= max_delay:
-            raise ValueError("need 0 < base_delay <= max_delay")
+        if free_failures < 0:
+            raise ValueError("free_failures must not be negative")
+        if base_delay <= 0 or max_delay < 0 or (max_delay and base_delay > max_delay):
+            raise ValueError("need 0 < base_delay <= max_delay, or max_delay 0 (no throttling)")
         if window <= 0:
             raise ValueError("window must be positive")
         if max_entries < 1:
@@ -51,7 +51,7 @@ class AuthThrottle:
         self._clock = clock
         self._max_entries = max_entries
         # Beyond this many failures the delay is max_delay anyway, so older timestamps need not be kept.
-        self._kept_per_key = free_failures + math.ceil(math.log2(max_delay / base_delay))
+        self._kept_per_key = max(1, free_failures + math.ceil(math.log2(max(max_delay, base_delay) / base_delay)))
         # Key -> failure times, oldest first; ordered by last failure, so expired keys sit at the front.
         self._failures: OrderedDict[tuple[str, str], deque[float]] = OrderedDict()
 
@@ -65,6 +65,8 @@ class AuthThrottle:
         username: 0 until `free_failures` failures within `window`, then base_delay doubling per further
         failure, capped at max_delay; the larger of the per-address and per-username delays. Identical for
         existing and non-existing usernames."""
+        if not self._max_delay:
+            return 0.0   # throttling is off
         now = self._clock()
         self._forget_expired(now)
         return max(self._delay_for(key, now) for key in self._keys(address, username))

@@ -55,15 +55,18 @@ class C2SFactory(protocol.ServerFactory):
         self.throttle = throttle
         self.clock = clock
         self.direct_tls = direct_tls
-        c2s = server.config.c2s
+        self.configure(server.config.c2s)
+        self.connections: set[C2SConnection] = set()
+        self.unauthenticated: dict[str, int] = {}   # address -> connections not yet bound
+
+    def configure(self, c2s) -> None:
+        """[c2s] timers and limits, for connections made from now on (at start and on reload)."""
         self.connection_timeout = c2s.connection_timeout
         self.ping_interval = c2s.ping_interval
         self.ping_timeout = c2s.ping_timeout
         self.max_unauthenticated = c2s.max_unauthenticated_per_address
         self.read_rate = c2s.max_bytes_per_second
         self.read_burst = max(c2s.max_bytes_per_second, c2s.max_stanza_size)
-        self.connections: set[C2SConnection] = set()
-        self.unauthenticated: dict[str, int] = {}   # address -> connections not yet bound
 
     def buildProtocol(self, addr) -> "C2SConnection | None":
         if self.unauthenticated.get(addr.host, 0) >= self.max_unauthenticated:
@@ -92,6 +95,7 @@ class C2SConnection(protocol.Protocol):
         self.address = "?"
         self.host = "?"
         self.machine: m.C2SMachine | None = None
+        self.tls = factory.tls        # the certificate when it connected; a reload changes only later ones
         self.session: "Session | None" = None
         self._timer = None            # connection timeout before bind, idle timer after
         self._ping_outstanding = False
@@ -244,7 +248,7 @@ class C2SConnection(protocol.Protocol):
                 log.warning("c2s %s authentication failed for %r (%s): %s", self.address,
                             action.username, action.mechanism, action.condition)
             elif isinstance(action, m.StartTLS):
-                self.transport.startTLS(self.factory.tls.context_factory)
+                self.transport.startTLS(self.tls.context_factory)
                 self.machine.tls_started()
             elif isinstance(action, m.NonzaIn):
                 handler = self.factory.server.nonza_handler(action.element.tag)
@@ -364,7 +368,7 @@ class C2SConnection(protocol.Protocol):
 
     # ------------------------------------------------------------ TLS
     def _channel_bindings(self) -> dict[str, bytes]:
-        tls = self.factory.tls
+        tls = self.tls
         if tls is None:
             return {}
         return tls.channel_bindings(self.transport)

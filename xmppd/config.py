@@ -542,6 +542,32 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class UnixSocketPath(Path):
+    """A Unix socket's file name: the kernel takes at most 107 bytes (sun_path)."""
+
+    def convert(self, value: object, base_dir: str) -> str:
+        path = super().convert(value, base_dir)
+        if len(os.fsencode(path)) > UNIX_PATH_MAX:
+            raise self.refuse(f"{path} is {len(os.fsencode(path))} bytes long, more than a Unix socket "
+                              f"allows ({UNIX_PATH_MAX})")
+        return path
+
+
+UNIX_PATH_MAX = 107
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """The local control socket that `xmppctl status`, `kick` and friends talk to."""
+
+    socket: str = _option(
+        "xmppd.sock", UnixSocketPath("a file path of at most 107 bytes", empty="no control socket"),
+        "Unix socket of the running server (mode 0600: only the server's user and root may use it), "
+        "best in the server's state directory. Relative paths are taken from the configuration "
+        'file\'s directory. "" turns it off (xmppctl then cannot reach the running server).')
+
+
+@dataclass(frozen=True)
 class VersionConfig:
     """Settings of the version module (XEP-0092 Software Version)."""
 
@@ -780,6 +806,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     modules: ModulesConfig = field(default_factory=ModulesConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
     version: VersionConfig = field(default_factory=VersionConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
     offline: OfflineConfig = field(default_factory=OfflineConfig)

@@ -271,13 +271,18 @@ class ClientStateIndication:
     def __init__(self, server: "Server", clock: Any = None) -> None:
         self.server = server
         self.clock = reactor_clock(clock)
-        self.max_hold = server.config.csi.max_hold
-        self.max_buffered = server.config.csi.max_buffered
+        self.configure(server.config)
+        server.on("config-reloaded", self.configure)
         self._inactive: dict["Session", _Inactive] = {}
         server.add_stream_feature(lambda: etree.Element(qname(NS_CSI, "csi"), nsmap={None: NS_CSI}))
         server.add_nonza_handler(ACTIVE, self._on_active)
         server.add_nonza_handler(INACTIVE, self._on_inactive)
         server.on("session-ended", self._session_ended)
+
+    def configure(self, config: Any) -> None:
+        """[csi] options, for clients that become inactive from now on (at start and on reload)."""
+        self.max_hold = config.csi.max_hold
+        self.max_buffered = config.csi.max_buffered
 
     def is_inactive(self, session: "Session") -> bool:
         return session in self._inactive

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import json
 import os
+import socket
 import sys
 
 from .config import ConfigError, load_config, render_config
 from .jid import JID, InvalidJID
 
 DEFAULT_CONFIG = "/etc/xmppd/xmppd.toml"
+CONTROL_TIMEOUT = 30.0   # seconds to wait for the running server's answer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +28,11 @@ def main(argv: list[str] | None = None) -> int:
         command = commands.add_parser(name, help=help_text)
         command.add_argument("jid", help="user@domain (or just user)")
     commands.add_parser("listusers", help="list the accounts")
+    commands.add_parser("status", help="is the server running; its connections, sessions, queues (exit 3 if "
+                                       "it is not running)")
+    kick = commands.add_parser("kick", help="end an account's sessions (live and hibernated, they cannot be "
+                                            "resumed), or one resource's")
+    kick.add_argument("jid", help="user@domain or user@domain/resource (or just user)")
     commands.add_parser("check-config", help="validate the configuration and print the effective settings")
     push = commands.add_parser("push", help="push registrations (XEP-0357) of an account")
     push_commands = push.add_subparsers(dest="push_command", required=True, metavar="COMMAND")
@@ -50,21 +58,76 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](config, args)
     except UserError as error:
         print(f"xmppctl: {error}", file=sys.stderr)
-        return 1
+        return error.exit_code
 
 
 class UserError(Exception):
-    pass
+    exit_code = 1
+
+
+class NotRunning(UserError):
+    """The running server cannot be reached through its control socket."""
+
+    exit_code = 3
 
 
 def _username(config, text: str) -> str:
+    jid = _local_jid(config, text)
+    if jid.resource is not None:
+        raise UserError(f"{text} is not an account of {config.server.domain}")
+    return jid.local
+
+
+def _local_jid(config, text: str) -> JID:
     try:
         jid = JID.parse(text if "@" in text else f"{text}@{config.server.domain}")
     except InvalidJID as error:
         raise UserError(f"{text!r} is not a valid JID: {error}") from None
-    if jid.domain != config.server.domain or jid.local is None or jid.resource is not None:
+    if jid.domain != config.server.domain or jid.local is None:
         raise UserError(f"{text} is not an account of {config.server.domain}")
-    return jid.local
+    return jid
+
+
+def _ask_server(config, command: str, **arguments):
+    """Send one request to the running server's control socket (control.py) and return its result.
+    Raises NotRunning if nothing answers there, UserError if the server refused the request."""
+    path = config.control.socket
+    if not path:
+        raise NotRunning('the control socket is off ([control] socket = ""), so the running server cannot '
+                         "be reached")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(CONTROL_TIMEOUT)
+    try:
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise NotRunning(f"xmppd is not running (nothing listens on {path})") from None
+        except PermissionError:
+            raise UserError(f"no permission to use the control socket {path}; run xmppctl as the server's "
+                            "user (or root)") from None
+        sock.sendall(json.dumps({"command": command, **arguments}).encode() + b"\n")
+        answer = b""
+        while not answer.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise UserError(f"the server closed the control socket {path} without answering")
+            answer += chunk
+    except socket.timeout:
+        raise UserError(f"the server did not answer on {path} within {CONTROL_TIMEOUT:.0f} s") from None
+    finally:
+        sock.close()
+    reply = json.loads(answer)
+    if not reply.get("ok"):
+        raise UserError(f"the server refused {command}: {reply.get('error')}")
+    return reply["result"]
+
+
+def _tell_server(config, command: str, **arguments) -> None:
+    """Tell a running server about a change made in storage; a server that is not running needs nothing."""
+    try:
+        _ask_server(config, command, **arguments)
+    except NotRunning:
+        pass
 
 
 def _read_password(prompt_twice: bool = True) -> str:
@@ -126,6 +189,33 @@ def deluser(config, args) -> int:
     if not _with_storage(config, lambda storage: storage.delete_user(username)):
         raise UserError(f"no account {username}@{config.server.domain}")
     print(f"deleted {username}@{config.server.domain} and all its data")
+    _tell_server(config, "account-deleted", jid=f"{username}@{config.server.domain}")
+    return 0
+
+
+def status(config, args) -> int:
+    numbers = _ask_server(config, "status")
+    push = numbers["push_registrations"]
+    print(f"xmppd {numbers['version']} serving {numbers['domain']} (pid {numbers['pid']}), "
+          f"up {_duration(numbers['uptime'])}")
+    print(f"connections: {numbers['connections']}")
+    print(f"sessions: {numbers['sessions']} live, {numbers['hibernated']} hibernated")
+    print(f"offline messages: {numbers['offline_messages']}")
+    print(f"push registrations: {push if push is not None else 'push module not enabled'}")
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    minutes, second = divmod(int(seconds), 60)
+    hours, minute = divmod(minutes, 60)
+    days, hour = divmod(hours, 24)
+    return (f"{days}d " if days else "") + f"{hour:02d}:{minute:02d}:{second:02d}"
+
+
+def kick(config, args) -> int:
+    jid = _local_jid(config, args.jid)
+    kicked = _ask_server(config, "kick", jid=str(jid))["kicked"]
+    print(f"{kicked} session(s) of {jid} ended" if kicked else f"{jid} has no sessions")
     return 0
 
 
@@ -159,6 +249,8 @@ def push(config, args) -> int:
 
     removed = _with_storage(config, remove)
     print(f"{len(removed)} push registration(s) of {account} removed")
+    if removed:
+        _tell_server(config, "push-removed", jid=account, registrations=[[r.jid, r.node] for r in removed])
     return 0
 
 
@@ -184,7 +276,7 @@ def cert(config, args) -> int:
 
 
 COMMANDS = {"adduser": adduser, "passwd": passwd, "deluser": deluser, "listusers": listusers,
-            "check-config": check_config, "cert": cert, "push": push}
+            "check-config": check_config, "cert": cert, "push": push, "status": status, "kick": kick}
 
 if __name__ == "__main__":
     sys.exit(main())

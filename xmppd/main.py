@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import secrets
+import signal
 import sys
+import time
 from dataclasses import dataclass, field
 
 from . import __version__
@@ -48,6 +51,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def setup_logging(config: Config) -> None:
     """One log for everything, Twisted's messages included."""
+    apply_logging(config)
+    from twisted.logger import STDLibLogObserver, globalLogBeginner
+
+    globalLogBeginner.beginLoggingTo([STDLibLogObserver(name="twisted")], redirectStandardIO=False)
+
+
+def apply_logging(config: Config) -> None:
+    """Open the log (again: a reload reopens the file, after logrotate moved it) and set the level.
+    Raises OSError, with the log unchanged, if the file cannot be opened."""
     handler: logging.Handler
     if config.logging.file:
         handler = logging.FileHandler(config.logging.file)
@@ -55,11 +67,11 @@ def setup_logging(config: Config) -> None:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
+    old = list(root.handlers)
     root.handlers[:] = [handler]
     root.setLevel(config.logging.level.upper())
-    from twisted.logger import STDLibLogObserver, globalLogBeginner
-
-    globalLogBeginner.beginLoggingTo([STDLibLogObserver(name="twisted")], redirectStandardIO=False)
+    for previous in old:
+        previous.close()
 
 
 def run(config: Config) -> int:
@@ -83,7 +95,11 @@ def run(config: Config) -> int:
         task = asyncio.ensure_future(state.start(reactor))
         task.add_done_callback(lambda t: failed(t.exception()) if not t.cancelled() and t.exception() else None)
 
+    def reload_soon(signum, frame) -> None:
+        reactor.callFromThread(state.reload)
+
     reactor.callWhenRunning(begin)
+    reactor.callWhenRunning(signal.signal, signal.SIGHUP, reload_soon)
     reactor.addSystemEventTrigger("before", "shutdown", lambda: _as_deferred(state.stop()))
     reactor.run()
     return exit_code[0]
@@ -118,6 +134,8 @@ class Running:
     factories: list = field(default_factory=list)
     metrics: object = None
     stopping: bool = False
+    settings: object = None        # the StreamSettings new client connections get
+    tls_listener: object = None    # the direct TLS listener's CurrentCertificate
 
     async def start(self, reactor) -> None:
         from .auth_throttle import AuthThrottle
@@ -127,7 +145,7 @@ class Running:
         from .config import OPTIONAL_MODULES
         from .server import CORE_MODULES, Server
         from .accounts import open_configured_storage
-        from .tls import TLSSettings
+        from .tls import CurrentCertificate, TLSSettings
 
         config = self.config
         self.storage = await open_configured_storage(config)
@@ -136,10 +154,11 @@ class Running:
         fake_secret = await self.storage.set_setting_if_absent(FAKE_SECRET_KEY, secrets.token_hex(32))
         server = self.server = Server(config, self.storage)
         server.load_modules(CORE_MODULES + tuple(m for m in OPTIONAL_MODULES if m in config.modules.enabled))
+        await self._restore_sessions()
         tls = TLSSettings.load(config.tls.certificate, config.tls.private_key) if config.tls.certificate else None
         c2s = config.c2s
         auth = config.auth
-        settings = StreamSettings(
+        settings = self.settings = StreamSettings(
             domain=server.domain, require_encryption=c2s.require_encryption, tls_available=tls is not None,
             allow_unencrypted_plain=auth.allow_unencrypted_plain,
             mechanisms=auth.mechanisms, channel_binding=auth.channel_binding,
@@ -147,8 +166,14 @@ class Running:
             fake_secret=fake_secret.encode(), register_before_auth="register" in config.modules.enabled,
             bound_features=server.stream_features)
         throttle = AuthThrottle(free_failures=auth.throttle_free_failures, max_delay=auth.throttle_max_delay,
-                                window=auth.throttle_window)
+                                base_delay=min(1.0, auth.throttle_max_delay) or 1.0, window=auth.throttle_window)
         listeners = []
+        if config.control.socket:
+            from .control import ControlCommands, listen
+
+            commands = ControlCommands(server, self.factories, time.monotonic())
+            self.ports.append(listen(reactor, config.control.socket, commands))
+            listeners.append(f"{config.control.socket} (control)")
         if c2s.port:
             factory = C2SFactory(server, settings, tls, throttle, reactor)
             self.factories.append(factory)
@@ -158,8 +183,9 @@ class Running:
         if c2s.direct_tls_port and tls is not None:
             factory = C2SFactory(server, settings, tls, throttle, reactor, direct_tls=True)
             self.factories.append(factory)
+            self.tls_listener = CurrentCertificate(tls)
             for interface in c2s.interfaces:
-                self.ports.append(listen_tls(reactor, c2s.direct_tls_port, factory, tls.context_factory,
+                self.ports.append(listen_tls(reactor, c2s.direct_tls_port, factory, self.tls_listener,
                                              backlog=1024, interface=interface))
                 listeners.append(f"{_host(interface)}:{c2s.direct_tls_port} (direct TLS)")
         if config.metrics.port:
@@ -171,6 +197,35 @@ class Running:
         log.info("xmppd %s serving %s with %s storage; listening on %s", __version__, server.domain,
                  config.storage.backend, ", ".join(listeners) or "nothing")
 
+    def reload(self) -> None:
+        """SIGHUP (reload.py)."""
+        from .reload import reload
+
+        if self.server is not None and not self.stopping:
+            reload(self)
+
+    def apply_config(self, config: Config) -> None:
+        """Run with `config` from now on (reload.merge() kept what needs a restart): new connections get
+        the new certificate and [c2s]/[auth] settings, modules re-read their options. Raises TLSError or
+        OSError (an unusable certificate or log file) before anything changed."""
+        from .tls import TLSSettings
+
+        tls = TLSSettings.load(config.tls.certificate, config.tls.private_key) if config.tls.certificate else None
+        apply_logging(config)
+        self.config = self.server.config = config
+        c2s, auth = config.c2s, config.auth
+        self.settings = dataclasses.replace(
+            self.settings, require_encryption=c2s.require_encryption, mechanisms=auth.mechanisms,
+            channel_binding=auth.channel_binding, max_stanza_size=c2s.max_stanza_size,
+            scram_iterations=auth.scram_iterations, allow_unencrypted_plain=auth.allow_unencrypted_plain)
+        for factory in self.factories:
+            factory.settings = self.settings
+            factory.tls = tls
+            factory.configure(c2s)
+        if self.tls_listener is not None:
+            self.tls_listener.settings = tls
+        self.server.schedule(self.server.fire("config-reloaded", config), "config-reloaded hooks")
+
     async def stop(self) -> None:
         """Stop listening, tell clients the server is going away, let work already accepted finish
         (stanzas clients sent, presence it causes), and only then release storage."""
@@ -180,6 +235,8 @@ class Running:
         from .c2s import CLOSE_GRACE
 
         self.stopping = True
+        if self.server is not None:
+            self.server.stopping = True   # resumable sessions hibernate as their streams close
         if self.metrics is not None:
             self.metrics.stop()
         loop = asyncio.get_running_loop()
@@ -197,10 +254,46 @@ class Running:
         if cancelled:
             log.warning("stopped %d tasks that did not finish in time", cancelled)
         if self.server is not None:
+            await self._save_sessions()
             await self.server.journal.close()   # messages recorded but not committed yet
         if self.storage is not None:
             await self.storage.close()
         log.info("xmppd stopped")
+
+    async def _restore_sessions(self) -> None:
+        """Sessions the last graceful stop left resumable become hibernated sessions again."""
+        saved = await self.storage.take_resumable_sessions()
+        if not saved:
+            return
+        keeper = self.server.stream_mgmt
+        if keeper is None:
+            log.info("%d sessions saved by the last stop are dropped: stream_mgmt is not enabled (their "
+                     "messages are offline messages)", len(saved))
+            return
+        await keeper.restore(saved)
+
+    async def _save_sessions(self) -> None:
+        """Write every resumable session to storage, once all they were sent is committed, so that
+        the restarted server can let their clients resume."""
+        keeper = self.server.stream_mgmt
+        if keeper is None or not keeper.resumable_sessions():
+            return
+        for session in keeper.resumable_sessions():
+            try:
+                await asyncio.wait_for(session.idle(), 5.0)   # what the client sent is handled and counted
+            except asyncio.TimeoutError:
+                log.warning("%s: stanzas still being handled at stop", session.full)
+        if not await self.server.journal.flush(10.0):
+            log.error("the journal could not be committed: resumable sessions are not saved (their "
+                      "messages that were committed stay offline messages)")
+            return
+        saved = keeper.saved_state(keeper.clock.seconds())
+        try:
+            stored = await self.storage.save_resumable_sessions(saved)
+        except Exception as error:
+            log.error("resumable sessions could not be saved: %s (their messages stay offline messages)", error)
+            return
+        log.info("%d resumable sessions saved for the restart", stored)
 
 
 def _host(interface: str) -> str:

@@ -35,6 +35,13 @@ HEALTH_TIMEOUT = 2.0
 KINDS = {b"m": "message", b"p": "presence", b"i": "iq"}
 
 
+def session_counts(server: "Server") -> tuple[int, int]:
+    """(live, hibernated) bound sessions; `xmppctl status` shows the same numbers."""
+    sessions = [s for resources in server.sessions.values() for s in resources.values()]
+    hibernated = sum(1 for s in sessions if s.sm is not None and s.sm.hibernated_at is not None)
+    return len(sessions) - hibernated, hibernated
+
+
 class XmppdCollector:
     """Reads the server's state when Prometheus scrapes."""
 
@@ -51,11 +58,10 @@ class XmppdCollector:
                                 value=time.monotonic() - self.started)
         yield GaugeMetricFamily("xmppd_connections", "Client connections open.",
                                 value=sum(len(factory.connections) for factory in self.factories))
-        sessions = [s for resources in server.sessions.values() for s in resources.values()]
-        hibernated = sum(1 for s in sessions if s.sm is not None and s.sm.hibernated_at is not None)
+        live, hibernated = session_counts(server)
         family = GaugeMetricFamily("xmppd_sessions", "Bound sessions: live, or hibernated (XEP-0198) while "
                                    "their phone is away.", labels=["state"])
-        family.add_metric(["live"], len(sessions) - hibernated)
+        family.add_metric(["live"], live)
         family.add_metric(["hibernated"], hibernated)
         yield family
         family = CounterMetricFamily("xmppd_stanzas", "Stanzas from and to clients, by kind.",

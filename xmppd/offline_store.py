@@ -44,12 +44,17 @@ class OfflineStore:
     def __init__(self, server: "Server") -> None:
         self.server = server
         self.journal = server.journal
-        self.max_messages = server.config.offline.max_messages
+        self.configure(server.config)
+        server.on("config-reloaded", self.configure)
         # Accounts whose messages are being handed over right now -> whether another pass was asked for.
         self._running: dict[str, bool] = {}
         server.router.offline_handler = self.store
         server.add_feature(NS_OFFLINE_FEATURE)
         server.on("initial-presence", self.deliver)
+
+    def configure(self, config) -> None:
+        """[offline] max_messages, for messages stored from now on (at start and on reload)."""
+        self.max_messages = config.offline.max_messages
 
     async def store(self, stanza: etree._Element, to: JID) -> None:
         """Keep a message for `to`, an existing account with no available resource."""

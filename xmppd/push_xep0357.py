@@ -154,14 +154,8 @@ class PushNotifications:
         self.server = server
         self.clock = reactor_clock(clock)
         self.storage = server.storage
-        settings = server.config.push
-        self.max_registrations = settings.max_registrations
-        self.expiry = timedelta(days=settings.registration_expiry)
-        self.window = settings.coalesce_window
-        self.max_strikes = settings.max_strikes
-        self.include_sender = settings.include_sender
-        self.include_body = settings.include_body
-        self.hibernation_timeout = settings.hibernation_timeout
+        self.configure(server.config)
+        server.on("config-reloaded", self.configure)
         self._devices: dict[tuple[str, str, str], Device] = {}
         self._by_session: dict["Session", tuple[str, str, str]] = {}
         self.published = 0     # counters for metrics
@@ -174,6 +168,17 @@ class PushNotifications:
         server.on("session-ended", self._session_ended)
         server.on("session-hibernated", self._hibernated)
         self._sweep_timer = self.clock.callLater(60.0, self._sweep)
+
+    def configure(self, config: Any) -> None:
+        """[push] options (at start and on reload)."""
+        settings = config.push
+        self.max_registrations = settings.max_registrations
+        self.expiry = timedelta(days=settings.registration_expiry)
+        self.window = settings.coalesce_window
+        self.max_strikes = settings.max_strikes
+        self.include_sender = settings.include_sender
+        self.include_body = settings.include_body
+        self.hibernation_timeout = settings.hibernation_timeout
 
     # ------------------------------------------------------------ enable / disable (XEP-0357 §5, §6)
     async def _enable(self, iq: etree._Element, origin: "Session | None", to: JID) -> etree._Element:
@@ -384,6 +389,26 @@ class PushNotifications:
         up to [push] hibernation_timeout (contacts see it offline after the window)."""
         if session in self._by_session and session.sm is not None:
             session.sm.extension = max(0.0, self.hibernation_timeout - session.sm.window)
+
+    def device_of(self, session: "Session") -> tuple[str, str] | None:
+        """(app server JID, node) the session enabled push for; a graceful stop saves it (stream_mgmt.py)."""
+        key = self._by_session.get(session)
+        return (key[1], key[2]) if key is not None else None
+
+    async def relink(self, session: "Session", jid: str, node: str) -> None:
+        """A session restored after a restart enabled push before it: link it to its registration again,
+        if the registration still exists, so that what is parked in it wakes the phone."""
+        for registration in await self.storage.push_registrations(session.username):
+            if (registration.jid, registration.node) == (jid, node):
+                key = (session.username, jid, node)
+                if key not in self._devices:
+                    self._devices[key] = Device(*key, registration.options_xml)
+                self._by_session[session] = key
+                return
+
+    def forget(self, username: str, jid: str, node: str) -> None:
+        """The registration was removed outside this process (`xmppctl push remove`)."""
+        self._forget((username, jid, node), "removed by the administrator")
 
     def _forget(self, key: tuple[str, str, str], why: str | None) -> None:
         device = self._devices.pop(key, None)

@@ -179,7 +179,7 @@ class Register:
         if not await self.server.storage.set_credentials(session.username, await self._credentials(password)):
             raise StanzaError("registration-required", "the account no longer exists")
         log.info("register %s changed the password of %s", session.connection.address, session.bare)
-        self._close_sessions(session.bare, "reset", "the password was changed", keep=session)
+        self.server.close_sessions(session.bare, "reset", "the password was changed", keep=session)
         return iq_result(iq)
 
     async def _remove(self, iq: etree._Element, session: "Session") -> None:
@@ -203,7 +203,7 @@ class Register:
                 log.exception("account-deleted hook failed for %s", session.bare)
         reply = iq_result(iq)
         await settle(self.server.router.route(reply, JID.parse(reply.get("to"))))
-        self._close_sessions(session.bare, "not-authorized", "the account was removed")
+        self.server.close_sessions(session.bare, "not-authorized", "the account was removed")
         return None
 
     # ------------------------------------------------------------ shared
@@ -220,12 +220,6 @@ class Register:
             return await asyncio.to_thread(derive_credentials, password, self.server.config.auth.scram_iterations)
         except ValueError:
             raise StanzaError("not-acceptable", "the password contains characters that are not allowed") from None
-
-    def _close_sessions(self, bare: str, condition: str, text: str, *, keep: "Session | None" = None) -> None:
-        for session in list(self.server.sessions_of(bare).values()):
-            if session is not keep:
-                self.server.unbind(session)
-                session.connection.close_stream(condition, text, reason=text)
 
 
 def _query() -> etree._Element:

@@ -47,13 +47,15 @@ class Server:
         self.config = config
         self.storage = storage
         self.domain = config.server.domain
-        self.max_resources = config.c2s.max_resources_per_account
         self.sessions: dict[str, dict[str, Session]] = {}
         self.stanza_counts = StanzaCounts()   # for the metrics endpoint
         # Messages that matter on their way to an account, durable before their sender's ack (journal.py).
         self.journal = Journal(storage)
         # The stream_mgmt module, when loaded: it keeps sessions whose connection broke (XEP-0198).
         self.stream_mgmt: Any = None
+        # Set by a graceful stop: a resumable session whose stream the server closes hibernates, to be
+        # saved and resumed after the restart (main.py).
+        self.stopping = False
         self.router = Router(self)
         self._iq_handlers: dict[tuple[str, str], IqHandler] = {}
         self._features: dict[str, set[str]] = defaultdict(set)
@@ -153,7 +155,8 @@ class Server:
     def on(self, event: str, callback: Callable) -> None:
         """Run `callback` when `event` fires. Hooks in use: 'session-bound' (session),
         'session-ended' (session), 'session-resumed' (session), 'initial-presence' (session),
-        'account-deleted' (username), 'parked' (username, stanza, session or None: a stanza for the
+        'account-deleted' (username), 'config-reloaded' (the new Config, already in server.config: modules
+        re-read their options), 'parked' (username, stanza, session or None: a stanza for the
         account waits in a hibernated session's queue or in offline storage)."""
         self._hooks[event].append(callback)
 
@@ -178,10 +181,11 @@ class Server:
         (resource-constraint) when the account already has [c2s] max_resources_per_account sessions."""
         bare = f"{username}@{self.domain}"
         resources = self.sessions.get(bare, {})
-        if len(resources) >= self.max_resources and resource not in resources:
+        max_resources = self.config.c2s.max_resources_per_account   # read now: a reload may change it
+        if len(resources) >= max_resources and resource not in resources:
             # RFC 6120 §7.6.2.1: a limit on simultaneous sessions for one account (a replacement is none).
             log.warning("c2s %s refused a bind for %s: %d sessions already", connection.address, username,
-                        self.max_resources)
+                        max_resources)
             raise StanzaError("resource-constraint", "too many sessions for this account")
         if resource is None:
             resource = secrets.token_hex(4)
@@ -200,7 +204,7 @@ class Server:
     def connection_lost(self, session: Session, *, resumable: bool) -> None:
         """The session's connection is gone. If it broke rather than closed (`resumable`), stream
         management may keep the session for a resumption (hibernation); else the session ends."""
-        if resumable and self.stream_mgmt is not None and self.stream_mgmt.hibernate(session):
+        if (resumable or self.stopping) and self.stream_mgmt is not None and self.stream_mgmt.hibernate(session):
             return
         self.unbind(session)
 
@@ -220,6 +224,19 @@ class Server:
     def schedule(pending: list[Awaitable], what: str) -> None:
         for awaitable in pending:
             run_soon(awaitable, what)
+
+    def close_sessions(self, bare: str, condition: str, text: str, *, resource: str | None = None,
+                       keep: Session | None = None) -> int:
+        """End the account's sessions (or the one of `resource`), live or hibernated, so that none can
+        be resumed: each goes out of routing first (what its XEP-0198 queue held goes back to offline
+        storage), then its stream ends with the stream error `condition`. Returns how many ended."""
+        ended = 0
+        for session in list(self.sessions_of(bare).values()):
+            if session is not keep and resource in (None, session.resource):
+                self.unbind(session)
+                session.connection.close_stream(condition, text, reason=text)
+                ended += 1
+        return ended
 
     def sessions_of(self, bare: str) -> dict[str, Session]:
         return self.sessions.get(bare, {})

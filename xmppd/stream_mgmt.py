@@ -22,6 +22,7 @@ and no reactor; StreamManagementModule is the module: nonza handlers, the
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from collections import OrderedDict, deque
@@ -32,6 +33,7 @@ from lxml import etree
 
 from .aio import reactor_clock, run_soon
 from .stanza import STORED_PARSER, qname, with_delay
+from .storage.models import ResumableSession
 
 if TYPE_CHECKING:
     from .journal import Entry
@@ -244,12 +246,8 @@ class StreamManagementModule:
     def __init__(self, server: "Server", clock: Any = None) -> None:
         self.server = server
         self.clock = reactor_clock(clock)
-        settings = server.config.stream_mgmt
-        self.max_window = settings.resume_timeout
-        self.max_queue = settings.max_queue
-        self.request_after = settings.request_after_stanzas
-        self.request_delay = settings.request_after_seconds
-        self.ack_timeout = settings.ack_timeout
+        self.configure(server.config)
+        server.on("config-reloaded", self.configure)
         self.journal = server.journal
         self._resumable: dict[str, "Session"] = {}             # resume id -> session
         self._ended: OrderedDict[str, tuple[str, int, float]] = OrderedDict()   # id -> (user, h, when)
@@ -262,6 +260,15 @@ class StreamManagementModule:
         server.add_nonza_handler(RESUME, self._on_resume_when_bound)
         server.on("session-ended", self._session_ended)
         server.stream_mgmt = self
+
+    def configure(self, config: Any) -> None:
+        """[stream_mgmt] options, for streams that enable stream management from now on."""
+        settings = config.stream_mgmt
+        self.max_window = settings.resume_timeout
+        self.max_queue = settings.max_queue
+        self.request_after = settings.request_after_stanzas
+        self.request_delay = settings.request_after_seconds
+        self.ack_timeout = settings.ack_timeout
 
     # ------------------------------------------------------------ counts for status and metrics
     @property
@@ -487,6 +494,97 @@ class StreamManagementModule:
             if len(self._ended) <= REMEMBER_ENDED_MAX and now - when < REMEMBER_ENDED:
                 break
             del self._ended[oldest_id]
+
+    # ------------------------------------------------------------ across a graceful restart
+    def resumable_sessions(self) -> list["Session"]:
+        return list(self._resumable.values())
+
+    def saved_state(self, now: float) -> list[ResumableSession]:
+        """What a graceful stop writes to storage so that every resumable session (all hibernated by
+        now: the stop closed their streams) can be resumed after the restart. Call it once the journal
+        is flushed: a queued message is saved as the id of its offline_messages row, so the row is the
+        one copy, redelivered once whichever way the session ends. Other queued stanzas are saved as
+        they were sent."""
+        push = self.server.modules.get("push")
+        csi = self.server.modules.get("csi")
+        saved = []
+        for session in self._resumable.values():
+            sm = session.sm
+            if csi is not None:
+                csi.flush(session)   # what CSI held joins the queue, as before a resumption
+            queue = []
+            for item in sm.queue:
+                entry = item.entry
+                if entry is not None and entry.finished:
+                    continue   # the user has it
+                if entry is None or entry.id is None:   # not a message, or one the storage refused (no row)
+                    queue.append([item.data.decode(), None, item.queued_at, None])
+                else:
+                    queue.append([item.data.decode(), entry.id, item.queued_at, entry.received_at.isoformat()])
+            presence = sm.saved_presence if sm.presence_suspended else session.presence
+            details = {
+                "queue": queue,
+                "presence": etree.tostring(presence).decode() if presence is not None else None,
+                "roster_requested": session.roster_requested,
+                "push": push.device_of(session) if push is not None else None,
+                "overflowed": sm.overflowed,
+            }
+            hibernated_at = sm.hibernated_at if sm.hibernated_at is not None else now
+            remaining = max(0.0, hibernated_at + sm.window + sm.extension - now)
+            saved.append(ResumableSession(sm.resume_id, session.username, session.resource, sm.handled, sm.acked,
+                                          remaining, json.dumps(details), datetime.now(timezone.utc)))
+        return saved
+
+    async def restore(self, saved: list[ResumableSession]) -> None:
+        """Bring the sessions a graceful stop saved back as hibernated sessions with the time they had
+        left. Contacts saw them go offline when the server stopped, so they come back with their
+        presence suspended: a resumption announces it again, the end of the window says nothing."""
+        push = self.server.modules.get("push")
+        now = self.clock.seconds()
+        for record in saved:
+            bare = f"{record.username}@{self.server.domain}"
+            if record.resource in self.server.sessions_of(bare):
+                continue
+            try:
+                details = json.loads(record.details)
+                session = self._rebuild(record, details, now)
+            except (ValueError, KeyError, TypeError, etree.XMLSyntaxError) as error:
+                log.error("stream management: saved session %s of %s is unreadable (%s); its messages stay "
+                          "offline messages", record.resume_id, bare, error)
+                continue
+            self.server.sessions.setdefault(bare, {})[record.resource] = session
+            self._resumable[record.resume_id] = session
+            if push is not None and details.get("push"):
+                await push.relink(session, *details["push"])
+            self._arm(session)
+            log.info("%s restored after the restart: resumable for %.0f s, %d stanzas unacknowledged",
+                     session.full, record.remaining, len(session.sm.queue))
+
+    def _rebuild(self, record: ResumableSession, details: dict, now: float) -> "Session":
+        from .session import Session
+
+        session = Session(self.server, HIBERNATING, record.username, record.resource)
+        session.roster_requested = bool(details.get("roster_requested"))
+        sm = session.sm = AckQueue(resume_id=record.resume_id, window=record.remaining,
+                                   request_after=self.request_after, request_delay=self.request_delay,
+                                   ack_timeout=self.ack_timeout)
+        sm.handled = record.handled % WRAP
+        sm.acked = record.acked % WRAP
+        sm.hibernated_at = now
+        sm.presence_suspended = True
+        if details.get("presence"):
+            sm.saved_presence = etree.fromstring(details["presence"].encode(), STORED_PARSER)
+        sm.overflowed = bool(details.get("overflowed"))
+        # Read every item before claiming any row: an unreadable one must not leave rows claimed.
+        items = [(data.encode(), None if row is None else (int(row), datetime.fromisoformat(received)),
+                  float(queued_at)) for data, row, queued_at, received in details["queue"]]
+        for data, row, queued_at in items:
+            entry = None
+            if row is not None:
+                entry = self.journal.adopt(record.username, *row)
+                self.journal.claim(entry)
+            sm.queue.append(Unacked(data, entry, queued_at))
+        return session
 
     # ------------------------------------------------------------ the one timer per managed stream
     def _arm(self, session: "Session") -> None:

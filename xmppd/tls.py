@@ -15,6 +15,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLContextFactory
+from zope.interface import implementer
 
 log = logging.getLogger("xmppd.tls")
 
@@ -71,6 +73,18 @@ class TLSSettings:
         if connection.get_protocol_version_name() == "TLSv1.3":
             bindings["tls-exporter"] = connection.export_keying_material(b"EXPORTER-Channel-Binding", 32)
         return bindings
+
+
+@implementer(IOpenSSLContextFactory)
+class CurrentCertificate:
+    """The context factory a direct TLS listener keeps for its lifetime: each new connection gets the
+    context of `settings`, which a reload replaces (connections already open keep theirs)."""
+
+    def __init__(self, settings: TLSSettings) -> None:
+        self.settings = settings
+
+    def getContext(self) -> SSL.Context:
+        return self.settings.context_factory.getContext()
 
 
 def _ssl_connection(transport) -> SSL.Connection | None:

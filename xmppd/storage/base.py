@@ -16,7 +16,7 @@ import abc
 from collections.abc import Sequence
 from datetime import datetime
 
-from .models import AppServerRegistration, PushRegistration, RosterItem, ScramCredentials
+from .models import AppServerRegistration, PushRegistration, ResumableSession, RosterItem, ScramCredentials
 
 
 class StorageError(Exception):
@@ -274,3 +274,14 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def count_appserver_registrations(self) -> dict[str, int]:
         """Number of registrations per app (apps without any are left out)."""
+
+    # -- XEP-0198 sessions across a graceful restart (stream_mgmt.py) ---------------------
+
+    @abc.abstractmethod
+    async def save_resumable_sessions(self, sessions: Sequence[ResumableSession]) -> int:
+        """Store the sessions (replacing rows with the same resume_id) in one transaction; those of
+        users that no longer exist are skipped. Returns how many were stored."""
+
+    @abc.abstractmethod
+    async def take_resumable_sessions(self) -> list[ResumableSession]:
+        """Return every saved session and delete them, in one transaction (a session is restored once)."""

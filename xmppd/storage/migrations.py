@@ -164,6 +164,25 @@ MIGRATIONS: list[Migration] = [
             "CREATE INDEX appserver_registrations_owner ON appserver_registrations (owner, created_at)",
         ),
     ),
+    Migration(
+        4,
+        "XEP-0198 sessions kept resumable across a graceful restart",
+        (
+            # Written by a graceful stop, read and deleted at the next start (stream_mgmt.py): one row per
+            # resumable session. details is JSON the module owns (unacknowledged queue, presence, push device);
+            # the queue's messages stay rows of offline_messages, referenced by id.
+            """CREATE TABLE resumable_sessions (
+                resume_id {KEY} PRIMARY KEY,
+                username {KEY} NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+                resource TEXT NOT NULL,
+                handled BIGINT NOT NULL,
+                acked BIGINT NOT NULL,
+                remaining DOUBLE PRECISION NOT NULL,
+                details TEXT NOT NULL,
+                saved_at {TIMESTAMP} NOT NULL
+            )""",
+        ),
+    ),
 ]
 
 _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (

@@ -100,3 +100,22 @@ class AppServerRegistration:
     def style(self) -> str:
         """"p2" (registered with an ad-hoc command, has a secret) or "module" (Monal/fpush pushModule)."""
         return "module" if self.secret is None else "p2"
+
+
+@dataclass(frozen=True, slots=True)
+class ResumableSession:
+    """A XEP-0198 session saved by a graceful stop, to be resumable after the restart.
+
+    ``handled`` is the count of the client's stanzas (h in), ``acked`` the client's last h (the
+    queue follows it); ``remaining`` the seconds it may still be resumed; ``details`` JSON that
+    stream_mgmt.py writes and reads (the unacknowledged queue, presence, push device).
+    """
+
+    resume_id: str
+    username: str
+    resource: str
+    handled: int
+    acked: int
+    remaining: float
+    details: str
+    saved_at: datetime

@@ -25,7 +25,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .base import Storage, StorageError
-from .models import SUBSCRIPTIONS, AppServerRegistration, PushRegistration, RosterItem, ScramCredentials
+from .models import (SUBSCRIPTIONS, AppServerRegistration, PushRegistration, ResumableSession, RosterItem,
+                     ScramCredentials)
 
 
 class Result(enum.Enum):
@@ -238,6 +239,12 @@ class SQLStorage(Storage):
 
     async def count_appserver_registrations(self) -> dict[str, int]:
         return await self._run(_count_appserver_registrations)
+
+    async def save_resumable_sessions(self, sessions: Sequence[ResumableSession]) -> int:
+        return await self._run(_save_resumable_sessions, list(sessions))
+
+    async def take_resumable_sessions(self) -> list[ResumableSession]:
+        return await self._run(_take_resumable_sessions)
 
 
 # -- accounts -------------------------------------------------------------
@@ -800,3 +807,31 @@ def _appserver_expire(unused_since):
 def _count_appserver_registrations():
     rows = yield select("SELECT app, COUNT(*) FROM appserver_registrations GROUP BY app ORDER BY app")
     return {app: count for app, count in rows}
+
+
+# -- XEP-0198 sessions across a graceful restart ------------------------------------
+
+_RESUMABLE_COLUMNS = "resume_id, username, resource, handled, acked, remaining, details, saved_at"
+
+
+@atomic
+def _save_resumable_sessions(sessions):
+    stored = 0
+    for s in sessions:
+        yield execute("DELETE FROM resumable_sessions WHERE resume_id = ?", s.resume_id)
+        # INSERT ... SELECT ... WHERE EXISTS: a user deleted meanwhile is skipped, not an error for the batch.
+        stored += yield execute(
+            f"INSERT INTO resumable_sessions ({_RESUMABLE_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?"
+            " WHERE EXISTS (SELECT 1 FROM users WHERE username = ?)",
+            s.resume_id, s.username, s.resource, s.handled, s.acked, float(s.remaining), s.details,
+            _timestamp_param(s.saved_at, "saved_at"), s.username,
+        )
+    return stored
+
+
+@atomic
+def _take_resumable_sessions():
+    rows = yield select(f"SELECT {_RESUMABLE_COLUMNS} FROM resumable_sessions ORDER BY saved_at, resume_id")
+    yield execute("DELETE FROM resumable_sessions")
+    return [ResumableSession(resume_id, username, resource, handled, acked, remaining, details, _utc(saved_at))
+            for resume_id, username, resource, handled, acked, remaining, details, saved_at in rows]
