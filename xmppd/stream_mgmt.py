@@ -332,9 +332,9 @@ class StreamManagementModule:
                               request_delay=self.request_delay, ack_timeout=self.ack_timeout)
         if resume_id is not None:
             self._resumable[resume_id] = session
-        session.connection.write(enabled_bytes(resume_id, window))
         log.debug("stream management enabled for %s%s", session.full,
                   f" (resumable for {window} s)" if resume_id else "")
+        session.connection.write(enabled_bytes(resume_id, window))
 
     def _on_request(self, session: "Session", element: etree._Element) -> None:
         """<r/>: answer with the count of the client's stanzas handled so far, once the journal has
