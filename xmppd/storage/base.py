@@ -16,7 +16,7 @@ import abc
 from collections.abc import Sequence
 from datetime import datetime
 
-from .models import AppServerRegistration, PushRegistration, RosterItem, ScramCredentials
+from .models import AppServerRegistration, PushRegistration, RosterItem, ScramCredentials, UploadSlot
 
 
 class StorageError(Exception):
@@ -274,3 +274,31 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def count_appserver_registrations(self) -> dict[str, int]:
         """Number of registrations per app (apps without any are left out)."""
+
+    # -- XEP-0363 HTTP file upload (upload.py) ------------------------------------------
+    # One row per slot, stored file or not yet; deleted with the account (its files are
+    # then swept from disk by the upload module's expiry job).
+
+    @abc.abstractmethod
+    async def upload_reserve(self, slot: UploadSlot, quota: int) -> int | None:
+        """Insert the slot unless the account's slots (stored files and slots not yet used)
+        would then hold more than quota bytes (0: no quota), atomically: concurrent requests
+        of one account cannot together pass the quota. Returns None when inserted, else the
+        bytes the account holds already. StorageError if the user does not exist."""
+
+    @abc.abstractmethod
+    async def upload_slot(self, slot: str) -> UploadSlot | None:
+        """The slot, None if there is no such slot (never made, expired, or its account deleted)."""
+
+    @abc.abstractmethod
+    async def upload_complete(self, slot: str, now: datetime) -> bool:
+        """Mark the slot's file as stored; False if it is gone or was completed already."""
+
+    @abc.abstractmethod
+    async def upload_expire(self, stored_before: datetime | None, reserved_before: datetime) -> list[str]:
+        """Delete and return (sorted) the slots whose file was stored before stored_before (None:
+        stored files never expire) and those reserved before reserved_before but never used."""
+
+    @abc.abstractmethod
+    async def upload_known(self, slots: Sequence[str]) -> set[str]:
+        """Which of these slots exist."""

@@ -100,3 +100,22 @@ class AppServerRegistration:
     def style(self) -> str:
         """"p2" (registered with an ad-hoc command, has a secret) or "module" (Monal/fpush pushModule)."""
         return "module" if self.secret is None else "p2"
+
+
+@dataclass(frozen=True, slots=True)
+class UploadSlot:
+    """One XEP-0363 upload slot (upload.py): a file an account announced, and once PUT, stored.
+
+    ``slot`` is the random, unguessable first part of the file's URL and its
+    name on disk; ``filename`` (sanitised), ``size`` and ``content_type`` are what
+    the slot request said, and the PUT must match them. ``uploaded_at`` is None
+    until the file is complete. Times are aware UTC datetimes.
+    """
+
+    slot: str
+    username: str
+    filename: str
+    size: int
+    content_type: str
+    created_at: datetime
+    uploaded_at: datetime | None = None
