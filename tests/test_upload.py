@@ -9,6 +9,7 @@ import asyncio
 import http.client
 import os
 import secrets
+import ssl
 import time
 from datetime import datetime, timedelta, timezone
 from io import BytesIO
@@ -32,6 +33,7 @@ NS_UPLOAD = "urn:xmpp:http:upload:0"
 MAX_SIZE = 1000
 QUOTA = 3000
 UPLOAD = "upload.localhost"
+CA: list[str] = []   # the test certificate, trusted by request() for https
 
 
 def upload_toml(port: int, **extra: object) -> str:
@@ -66,14 +68,20 @@ async def login(xmppd, jid: str, password: str) -> Client:
     return await client.login()
 
 
-async def request(method: str, url: str, body: bytes | None = None, headers: dict | None = None):
-    """(status, headers, body) of one HTTP request, made in a thread so slixmpp keeps running."""
+async def request(method: str, url: str, body: bytes | list[bytes] | None = None, headers: dict | None = None):
+    """(status, headers, body) of one HTTP request, made in a thread so slixmpp keeps running. A list body
+    is sent in chunked transfer encoding, one chunk per item."""
     def call():
         parts = urlsplit(url)
-        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        if parts.scheme == "https":
+            context = ssl.create_default_context(cafile=CA[0])
+            connection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=10, context=context)
+        else:
+            connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        chunked = isinstance(body, list)
         try:
-            connection.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body=body,
-                               headers=headers or {})
+            connection.request(method, parts.path, body=iter(body) if chunked else body, headers=headers or {},
+                               encode_chunked=chunked)
             response = connection.getresponse()
             return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
         finally:
@@ -235,6 +243,23 @@ def test_bad_puts_get_the_http_errors(xmppd, user):
     assert "stored 100 bytes" in xmppd.log()
 
 
+def test_chunked_uploads_are_counted_as_they_come(xmppd, user):
+    async def scenario():
+        client = await login(xmppd, *user)
+        put, headers, get = await slot(client, "streamed.bin", 700)
+        too_many = [b"a" * 400] * 3   # past max_file_size while it arrives
+        assert (await request("PUT", put, too_many, headers))[0] == 413
+        assert (await request("PUT", put, [b"a" * 400, b"b" * 299], headers))[0] == 400
+        assert (await request("PUT", put, [b"a" * 400, b"b" * 300], headers))[0] == 201
+        status, _, body = await request("GET", get)
+        assert (status, body) == (200, b"a" * 400 + b"b" * 300)
+        await client.close()
+
+    run(scenario())
+    incoming = xmppd.workdir / "uploads" / ".incoming"
+    assert os.listdir(incoming) == []   # no temporary file is left behind
+
+
 def test_file_names_are_checked(xmppd, user):
     name = "été 😀 photo.jpg"
     data = b"\xff\xd8" + b"j" * 50
@@ -299,9 +324,12 @@ def etree_element(text: str):
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def short_lived(request, tmp_path_factory, certificate):
+    """Files expire after 8.6 seconds; the listener speaks HTTPS with the server's certificate."""
     [port] = free_ports(1)
+    CA[:] = [certificate[0]]
     return start_xmppd(request, tmp_path_factory, certificate, request.param,
-                       upload_toml(port, expire_after=0.00005))   # 4.32 seconds
+                       upload_toml(port, expire_after=0.0001, tls="true",
+                                   public_url=f'"https://127.0.0.1:{port}/files"'))
 
 
 def test_the_expiry_job_deletes_old_files(short_lived):
@@ -312,6 +340,8 @@ def test_the_expiry_job_deletes_old_files(short_lived):
         client = await login(short_lived, jid, password)
         put, headers, get = await slot(client, "soon-gone.txt", 5, "text/plain")
         assert (await request("PUT", put, b"hello", {"Content-Type": "text/plain", **headers}))[0] == 201
+        assert get.startswith("https://127.0.0.1:")
+        assert (await request("GET", get))[1]["content-type"] == "text/plain"
         slot_id = get.split("/")[-2]
         assert slot_id in stored_files(short_lived)
         deadline = time.monotonic() + 30

@@ -238,6 +238,7 @@ class UploadService:
         try:
             reply = await pending
         except StanzaError as error:
+            log.info("upload: refused a slot for %s: %s", iq.get("from"), error)
             reply = error_reply(iq, error.condition, error.text, error.error_type)
         except StorageError as error:
             log.error("upload: a slot for %s could not be stored: %s", iq.get("from"), error)

@@ -202,8 +202,11 @@ class UploadResource(resource.Resource):
         return self._async(request, self._put(request))
 
     def _async(self, request: UploadRequest, work) -> int:
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))   # the client went away meanwhile
+
         def done(result: bytes | None) -> None:
-            if result is not None and not request.finished and not request._disconnected:
+            if result is not None and not request.finished and not gone:
                 request.write(result)
                 request.finish()
 
@@ -214,8 +217,7 @@ class UploadResource(resource.Resource):
             else:
                 log.error("upload: %s %s failed", request.method.decode(), request.uri.decode(errors="replace"),
                           exc_info=failure.value)
-            if not request.finished and not request._disconnected:
-                done(_status(request, 500, "the upload service failed; try again later"))
+            done(_status(request, 500, "the upload service failed; try again later"))
 
         Deferred.fromFuture(asyncio.ensure_future(work)).addCallbacks(done, failed)
         return web.NOT_DONE_YET
@@ -294,6 +296,8 @@ class UploadResource(resource.Resource):
                 _write_new(path, body.getvalue())
         except FileExistsError:
             return _status(request, 409, "this slot holds a file already")
+        except (FileNotFoundError, ValueError):   # the client hung up: Twisted closed the body already
+            return _status(request, 400, "the upload was interrupted")
         now = datetime.now(timezone.utc)
         if not await self.service.server.storage.upload_complete(slot.slot, now):
             # The slot expired (or its account went) while the body arrived.
