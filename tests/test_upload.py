@@ -13,6 +13,7 @@ import ssl
 import time
 from datetime import datetime, timedelta, timezone
 from io import BytesIO
+from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import pytest
@@ -53,7 +54,9 @@ enabled = ["register", "upload"]
 @pytest.fixture(scope="module", params=BACKENDS)
 def xmppd(request, tmp_path_factory, certificate):
     [port] = free_ports(1)
-    return start_xmppd(request, tmp_path_factory, certificate, request.param, upload_toml(port))
+    server = start_xmppd(request, tmp_path_factory, certificate, request.param, upload_toml(port))
+    server.upload_port = port
+    return server
 
 
 @pytest.fixture
@@ -139,7 +142,7 @@ def test_upload_then_download_the_same_bytes(xmppd, user):
         client = await login(xmppd, *user)
         url = await client.plugin["xep_0363"].upload_file("photo of us.jpg", input_file=BytesIO(data),
                                                           content_type="image/jpeg", timeout=10)
-        assert url.startswith(f"http://127.0.0.1:{xmppd_port(xmppd)}/files/")
+        assert url.startswith(f"http://127.0.0.1:{xmppd.upload_port}/files/")
         assert url.endswith("/photo%20of%20us.jpg")
         status, headers, body = await request("GET", url)
         assert (status, body) == (200, data)
@@ -190,10 +193,31 @@ def test_too_large_is_refused_with_the_limit(xmppd, user):
         assert limit is not None and limit.text == str(MAX_SIZE)
         for bad_size in ("0", "-5", "ten"):
             iq = client.Iq(stype="get", sto=UPLOAD)
-            iq.xml.append(etree_element(f"<request xmlns='{NS_UPLOAD}' filename='a.txt' size='{bad_size}'/>"))
+            iq.xml.append(xml_element(f"<request xmlns='{NS_UPLOAD}' filename='a.txt' size='{bad_size}'/>"))
             with pytest.raises(IqError) as caught:
                 await iq.send(timeout=10)
             assert caught.value.iq["error"]["condition"] == "bad-request"
+        await client.close()
+
+    run(scenario())
+
+
+def test_other_requests_to_the_service_get_errors(xmppd, user):
+    async def scenario():
+        client = await login(xmppd, *user)
+        for kind, payload, condition in (
+                ("set", f"<request xmlns='{NS_UPLOAD}' filename='a.txt' size='5'/>", "service-unavailable"),
+                ("get", "<query xmlns='jabber:iq:version'/>", "service-unavailable"),
+                ("get", "<query xmlns='http://jabber.org/protocol/disco#info' node='x'/>", "item-not-found")):
+            iq = client.Iq(stype=kind, sto=UPLOAD)
+            iq.xml.append(xml_element(payload))
+            with pytest.raises(IqError) as caught:
+                await iq.send(timeout=10)
+            assert caught.value.iq["error"]["condition"] == condition, payload
+        assert (await client.plugin["xep_0199"].ping(UPLOAD, timeout=10)) is not None
+        client.send_message(mto=UPLOAD, mbody="hello?")
+        error = await client.next_message(timeout=10)
+        assert (error["type"], error["error"]["condition"]) == ("error", "service-unavailable")
         await client.close()
 
     run(scenario())
@@ -310,11 +334,7 @@ def test_removing_the_account_removes_its_files(xmppd, user):
     run(scenario())
 
 
-def xmppd_port(xmppd) -> int:
-    return int(xmppd.config_path.read_text().split("[upload]")[1].split("port = ")[1].split()[0])
-
-
-def etree_element(text: str):
+def xml_element(text: str):
     import xml.etree.ElementTree as ET
 
     return ET.fromstring(text)
@@ -400,6 +420,42 @@ def test_storage_completes_once_and_expires(storage):
     assert run_storage(storage.upload_known([new_file.slot, unused_new.slot])) == {new_file.slot, unused_new.slot}
     run_storage(storage.delete_user("bob"))
     assert run_storage(storage.upload_known([new_file.slot, unused_new.slot])) == set()
+
+
+def test_the_job_deletes_rows_then_files_and_sweeps_orphans(storage, tmp_path):
+    """Expiry and the sweep, without HTTP: an account removed behind the server's back (xmppctl deluser)
+    leaves files that no row names; a PUT that died leaves a temporary file."""
+    import dataclasses
+
+    from xmppd.config import default_config
+    from xmppd.sasl import derive_credentials
+    from xmppd.server import Server
+    from xmppd.upload import UploadService
+
+    config = default_config(str(tmp_path))
+    config = dataclasses.replace(config, upload=dataclasses.replace(
+        config.upload, directory=str(tmp_path / "up"), expire_after=1.0))
+    clock = _FixedClock()
+    service = UploadService(Server(config, storage), clock=clock)
+    for name in ("dave", "erin"):
+        run_storage(storage.create_user(name, derive_credentials("pw", 4096)))
+    now = datetime.fromtimestamp(clock.seconds(), timezone.utc)
+    old, fresh, orphan = make_slot("dave", created_at=now), make_slot("dave", created_at=now), make_slot("erin")
+    for slot_, uploaded in ((old, now - timedelta(days=2)), (fresh, now), (orphan, now)):
+        run_storage(storage.upload_reserve(slot_, 0))
+        run_storage(storage.upload_complete(slot_.slot, uploaded))
+        Path(service.files.path(slot_.slot)).write_bytes(b"data")
+    stale = Path(service.files.incoming) / "put-stale"
+    stale.write_bytes(b"half")
+    os.utime(stale, (clock.seconds() - 7200, clock.seconds() - 7200))
+    run_storage(storage.delete_user("erin"))
+
+    assert run_storage(service.expire(sweep=False)) == [old.slot]
+    assert set(service.files.stored()) == {fresh.slot, orphan.slot}
+    assert run_storage(service.expire(sweep=True)) == [orphan.slot]
+    assert service.files.stored() == [fresh.slot]
+    assert not stale.exists()
+    assert run_storage(storage.upload_slot(fresh.slot)) is not None
 
 
 # ---------------------------------------------------------------- the protocol helpers

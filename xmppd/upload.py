@@ -203,7 +203,7 @@ class UploadService:
         self._job: Any = None
         server.add_component(self.domain, self.handle)
         # In-band account removal: its rows are gone with the account; sweep its files now.
-        server.on("account-deleted", lambda username: self.run_job(sweep=True))
+        server.on("account-deleted", lambda username: self.run_job(sweep=True, queue=True))
 
     # ------------------------------------------------------------ XMPP side
     def handle(self, stanza: etree._Element) -> None:
@@ -215,6 +215,8 @@ class UploadService:
 
     def _dispatch(self, stanza: etree._Element) -> None:
         kind = stanza.get("type")
+        if not stanza.get("from"):
+            return   # nowhere to answer (the router stamps 'from' on everything a client sends)
         if stanza.tag == MESSAGE and kind != "error":
             self._send(error_reply(stanza, "service-unavailable", "this service takes no messages"))
         if stanza.tag != IQ or kind not in ("get", "set"):
@@ -225,10 +227,14 @@ class UploadService:
             self._send(error_reply(stanza, "service-unavailable"))
         elif payload.tag == qname(NS_UPLOAD, "request") and kind == "get":
             run_soon(self._answer(stanza, self.request_slot(stanza, payload)), "an upload slot request")
-        elif payload.tag == qname(NS_DISCO_INFO, "query") and kind == "get" and not payload.get("node"):
-            self._send(iq_result(stanza, self.disco_info()))
-        elif payload.tag == qname(NS_DISCO_ITEMS, "query") and kind == "get" and not payload.get("node"):
-            self._send(iq_result(stanza, etree.Element(qname(NS_DISCO_ITEMS, "query"), nsmap={None: NS_DISCO_ITEMS})))
+        elif payload.tag in (qname(NS_DISCO_INFO, "query"), qname(NS_DISCO_ITEMS, "query")) and kind == "get":
+            if payload.get("node"):
+                self._send(error_reply(stanza, "item-not-found", "no such node"))
+            elif payload.tag == qname(NS_DISCO_INFO, "query"):
+                self._send(iq_result(stanza, self.disco_info()))
+            else:
+                self._send(iq_result(stanza, etree.Element(qname(NS_DISCO_ITEMS, "query"),
+                                                           nsmap={None: NS_DISCO_ITEMS})))
         elif payload.tag == qname(NS_PING, "ping") and kind == "get":
             self._send(iq_result(stanza))
         else:
@@ -306,10 +312,18 @@ class UploadService:
         self.run_job(sweep=self.clock.seconds() - self._last_sweep >= SWEEP_INTERVAL)
         self._timer = self.clock.callLater(min(JOB_INTERVAL, self.settings.slot_timeout / 4), self._tick)
 
-    def run_job(self, *, sweep: bool) -> None:
-        if self._job is not None and not self._job.done():
-            return   # the one before is still running; the next tick comes soon
-        self._job = run_soon(self.expire(sweep=sweep), "the upload expiry job")
+    def run_job(self, *, sweep: bool, queue: bool = False) -> None:
+        """Run the expiry job now; if one is running, skip (a tick: the next comes soon) or, with
+        `queue`, run once it is done."""
+        previous = self._job
+        if previous is not None and not previous.done() and not queue:
+            return
+        self._job = run_soon(self._after(previous, sweep), "the upload expiry job")
+
+    async def _after(self, previous: Any, sweep: bool) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])
+        await self.expire(sweep=sweep)
 
     async def expire(self, *, sweep: bool) -> list[str]:
         """Delete files past [upload] expire_after and slots never used; with `sweep`, also files no
