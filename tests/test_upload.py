@@ -37,7 +37,7 @@ UPLOAD = "upload.localhost"
 CA: list[str] = []   # the test certificate, trusted by request() for https
 
 
-def upload_toml(port: int, **extra: object) -> str:
+def upload_toml(port: int, metrics_port: int = 0, **extra: object) -> str:
     settings = {"port": port, "interfaces": '["127.0.0.1"]', "public_url": f'"http://127.0.0.1:{port}/files"',
                 "max_file_size": MAX_SIZE, "quota": QUOTA, "slot_timeout": 10.0, **extra}
     lines = "\n".join(f"{key} = {value}" for key, value in settings.items())
@@ -46,6 +46,9 @@ def upload_toml(port: int, **extra: object) -> str:
 [modules]
 enabled = ["register", "upload"]
 
+[metrics]
+port = {metrics_port}
+
 [upload]
 {lines}
 """
@@ -53,9 +56,9 @@ enabled = ["register", "upload"]
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def xmppd(request, tmp_path_factory, certificate):
-    [port] = free_ports(1)
-    server = start_xmppd(request, tmp_path_factory, certificate, request.param, upload_toml(port))
-    server.upload_port = port
+    port, metrics_port = free_ports(2)
+    server = start_xmppd(request, tmp_path_factory, certificate, request.param, upload_toml(port, metrics_port))
+    server.upload_port, server.metrics_port = port, metrics_port
     return server
 
 
@@ -282,6 +285,26 @@ def test_chunked_uploads_are_counted_as_they_come(xmppd, user):
     run(scenario())
     incoming = xmppd.workdir / "uploads" / ".incoming"
     assert os.listdir(incoming) == []   # no temporary file is left behind
+
+
+def test_metrics_count_slots_puts_and_bytes(xmppd, user):
+    async def scenario():
+        client = await login(xmppd, *user)
+        put, headers, _ = await slot(client, "counted.txt", 10, "text/plain")
+        await slot_error(client, "huge.bin", MAX_SIZE + 1)
+        assert (await request("PUT", put, b"0123456789", {"Content-Type": "text/plain"}))[0] == 401
+        assert (await request("PUT", put, b"0123456789", {"Content-Type": "text/plain", **headers}))[0] == 201
+        _, _, body = await request("GET", f"http://127.0.0.1:{xmppd.metrics_port}/metrics")
+        await client.close()
+        return body.decode()
+
+    text = run(scenario())
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("xmppd_upload"))
+    assert float(samples['xmppd_upload_slot_requests_total{result="granted"}']) >= 1
+    assert float(samples['xmppd_upload_slot_requests_total{result="not-acceptable"}']) >= 1
+    assert float(samples['xmppd_upload_puts_total{status="201"}']) >= 1
+    assert float(samples['xmppd_upload_puts_total{status="401"}']) >= 1
+    assert float(samples["xmppd_upload_stored_bytes_total"]) >= 10
 
 
 def test_file_names_are_checked(xmppd, user):

@@ -26,6 +26,7 @@ import os
 import re
 import secrets
 import unicodedata
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -201,6 +202,10 @@ class UploadService:
         self._timer = None
         self._last_sweep = 0.0
         self._job: Any = None
+        # For the metrics endpoint: slot requests by outcome, PUTs by HTTP status, bytes stored.
+        self.slot_requests: Counter = Counter()
+        self.puts: Counter = Counter()
+        self.bytes_stored = 0
         server.add_component(self.domain, self.handle)
         # In-band account removal: its rows are gone with the account; sweep its files now.
         server.on("account-deleted", lambda username: self.run_job(sweep=True, queue=True))
@@ -249,6 +254,8 @@ class UploadService:
         except StorageError as error:
             log.error("upload: a slot for %s could not be stored: %s", iq.get("from"), error)
             reply = error_reply(iq, "internal-server-error", "the upload service cannot store slots now")
+        condition = reply.find("{jabber:client}error/*")
+        self.slot_requests["granted" if condition is None else etree.QName(condition).localname] += 1
         self._send(reply)
 
     def disco_info(self) -> etree._Element:

@@ -162,6 +162,7 @@ class UploadRequest(web.Request):
     def _refuse_body(self, length: int | None) -> None:
         """Too large for any slot: answer 413 now and close, rather than read the whole body first."""
         self.refused = True
+        self.channel.site.service.puts[413] += 1
         log.info("upload: %s sent a body of %s bytes, more than max_file_size; connection closed",
                  self.getClientAddress().host, length if length is not None else "more than max_file_size")
         headers = b"".join(b"%s: %s\r\n" % item for item in CORS_HEADERS.items())
@@ -206,6 +207,8 @@ class UploadResource(resource.Resource):
         request.notifyFinish().addErrback(lambda _: gone.append(True))   # the client went away meanwhile
 
         def done(result: bytes | None) -> None:
+            if request.method == b"PUT":
+                self.service.puts[request.code] += 1
             if result is not None and not request.finished and not gone:
                 request.write(result)
                 request.finish()
@@ -303,6 +306,7 @@ class UploadResource(resource.Resource):
             # The slot expired (or its account went) while the body arrived.
             self.service.files.delete(slot.slot)
             return _status(request, 410, "the slot has expired; ask for a new one")
+        self.service.bytes_stored += slot.size
         log.info("upload: %s stored %d bytes for %s in slot %s", request.getClientAddress().host, slot.size,
                  slot.username, slot.slot)
         return _status(request, 201, "stored")

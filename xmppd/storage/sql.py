@@ -845,7 +845,8 @@ def _upload_reserve(slot, quota):
             return int(used)
     yield execute(
         f"INSERT INTO uploads ({_UPLOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL)",
-        slot.slot, slot.username, slot.filename, slot.size, slot.content_type, _timestamp_param(slot.created_at, "created_at"),
+        slot.slot, slot.username, slot.filename, slot.size, slot.content_type,
+        _timestamp_param(slot.created_at, "created_at"),
     )
     return None
 
