@@ -162,6 +162,7 @@ class UploadRequest(web.Request):
     def _refuse_body(self, length: int | None) -> None:
         """Too large for any slot: answer 413 now and close, rather than read the whole body first."""
         self.refused = True
+        self.requestHeaders.removeHeader(b"Expect")   # no "100 Continue" after the answer
         self.channel.site.service.puts[413] += 1
         log.info("upload: %s sent a body of %s bytes, more than max_file_size; connection closed",
                  self.getClientAddress().host, length if length is not None else "more than max_file_size")
