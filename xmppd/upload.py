@@ -27,7 +27,7 @@ import re
 import secrets
 import unicodedata
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
