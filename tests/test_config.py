@@ -129,7 +129,7 @@ BAD = [
     ("auth", "throttle_window", "0.0", "must be a number greater than 0 (seconds)"),
     ("modules", "enabled", '["vcard", "muc"]',
      '"muc" is not one of these; must be a list of distinct names from "version", '
-     '"vcard", "register", "offline", "csi", "stream_mgmt", "push", "appserver"'),
+     '"vcard", "register", "offline", "csi", "stream_mgmt", "push", "appserver", "upload", "extdisco"'),
     ("version", "show_os", '"false"', "must be true or false"),
     ("metrics", "port", "70000", "must be an integer from 0 to 65535 (0 turns the endpoint off)"),
     ("metrics", "interface", '""', "must be a string (not empty)"),
@@ -138,6 +138,22 @@ BAD = [
      "must be a number of at least 0 (seconds; 0 turns the limit off)"),
     ("register", "min_password_length", "0",
      "must be an integer from 1 to 1024 (characters)"),
+    ("upload", "domain", "1", 'must be a string, or ""'),
+    ("upload", "interfaces", "[]",
+     'must be a non-empty list of distinct IP addresses ("0.0.0.0" and "::" mean all)'),
+    ("upload", "port", "0", "must be an integer from 1 to 65535"),
+    ("upload", "tls", '"yes"', "must be true or false"),
+    ("upload", "public_url", "[]", 'must be a string, or ""'),
+    ("upload", "directory", '""', "must be a directory path"),
+    ("upload", "max_file_size", "0", "must be an integer from 1 to 1099511627776 (bytes)"),
+    ("upload", "quota", "-1", "must be an integer from 0 to 1125899906842624 (bytes; 0: no quota)"),
+    ("upload", "expire_after", "-1",
+     "must be a number from 0 to 36500 (days; 0: files are kept until their account is deleted)"),
+    ("upload", "slot_timeout", "5", "must be a number from 10 to 86400 (seconds)"),
+    ("upload", "max_filename_length", "8", "must be an integer from 16 to 1024 (characters)"),
+    ("extdisco", "services", '"turn.example.org"',
+     "must be [[extdisco.services]] tables with the keys type, host, port (optional), transport (optional), "
+     "secret (optional), ttl (optional), name (optional)"),
 ]
 
 
@@ -283,7 +299,7 @@ def test_unknown_section_lists_allowed_sections(base):
     assert refusal(base, srever={"domain": '"example.org"'}) == [
         "test.toml: [srever]: unknown section (did you mean [server]?); allowed sections: "
         "[server], [logging], [storage], [tls], [c2s], [auth], [modules], [metrics], [control], [version], "
-        "[register], [offline], [csi], [stream_mgmt], [push], [appserver]"]
+        "[register], [offline], [csi], [stream_mgmt], [push], [appserver], [upload], [extdisco]"]
 
 
 def test_top_level_key_points_to_its_section(base):
@@ -293,7 +309,7 @@ def test_top_level_key_points_to_its_section(base):
     assert str(caught.value) == (
         'test.toml: domain = "example.org": unknown top-level key (did you mean [server] '
         "domain?); every key belongs in a section: [server], [logging], [storage], [tls], "
-        "[c2s], [auth], [modules], [metrics], [control], [version], [register], [offline], [csi], [stream_mgmt], [push], [appserver]")
+        "[c2s], [auth], [modules], [metrics], [control], [version], [register], [offline], [csi], [stream_mgmt], [push], [appserver], [upload], [extdisco]")
 
 
 def test_section_that_is_not_a_table(base):
@@ -313,7 +329,7 @@ def test_all_problems_are_reported_at_once(base):
         parse_config(text, source="conf/xmppd.toml", base_dir=str(base))
     assert caught.value.errors == (
         "conf/xmppd.toml: [bogus]: unknown section; allowed sections: [server], [logging], "
-        "[storage], [tls], [c2s], [auth], [modules], [metrics], [control], [version], [register], [offline], [csi], [stream_mgmt], [push], [appserver]",
+        "[storage], [tls], [c2s], [auth], [modules], [metrics], [control], [version], [register], [offline], [csi], [stream_mgmt], [push], [appserver], [upload], [extdisco]",
         'conf/xmppd.toml: [server] domain = "a..b": invalid domain name (empty label in domainpart); '
         'must be a DNS domain name such as "example.org" (internationalized names allowed)',
         "conf/xmppd.toml: [c2s] prot = 1: unknown key (did you mean port?); allowed keys "
@@ -491,8 +507,10 @@ def test_defaults(tmp_path):
     assert config.c2s.interfaces == ("127.0.0.1", "::1")
     assert config.auth.mechanisms == ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
     assert config.modules.enabled == ("version", "vcard", "offline", "csi", "stream_mgmt", "push")
+    assert config.upload.directory == str(tmp_path / "uploads")
     for option in OPTIONS:
-        if option.key not in ("sqlite_path", "socket"):   # relative paths, made absolute
+        if (option.section, option.key) not in (("storage", "sqlite_path"), ("upload", "directory"),
+                                                ("control", "socket")):
             assert getattr(getattr(config, option.section), option.key) == option.default
     assert set(config.modules.enabled) <= set(OPTIONAL_MODULES)
 
@@ -528,13 +546,13 @@ def test_example_in_place_fails_only_for_the_tls_files():
 def test_example_lists_every_key_at_its_default():
     data = tomllib.loads(example_text())
     production = {("storage", "sqlite_path"), ("tls", "certificate"), ("tls", "private_key"),
-                  ("control", "socket")}
+                  ("control", "socket"), ("upload", "directory")}
     listed = {(section, key) for section, keys in data.items() for key in keys}
-    # A table of tables ([appserver.apps.NAME]) is shown commented out: its default is none.
-    tables = {(o.section, o.key) for o in OPTIONS if o.type == "table of tables"}
+    # Tables of tables ([appserver.apps.NAME], [[extdisco.services]]) are shown commented out: their default is none.
+    tables = {(o.section, o.key) for o in OPTIONS if o.type in ("table of tables", "array of tables")}
     assert listed == {(o.section, o.key) for o in OPTIONS} - tables
     for section, key in tables:
-        assert f"# [{section}.{key}." in example_text()
+        assert f"# [{section}.{key}." in example_text() or f"# [[{section}.{key}]]" in example_text()
     for option in OPTIONS:
         if (option.section, option.key) not in production | tables:
             written = data[option.section][option.key]
@@ -643,6 +661,51 @@ push_modules = ["m"]
         'test.toml: [appserver] default_fcm_app = "ios": must name an fcm app of [appserver.apps] (there: none)',
         'test.toml: [appserver.apps.ios2] push_modules: "m" is listed by [appserver.apps.ios] too; '
         'a pushModule names one app',
+    )
+
+
+@pytest.mark.parametrize("service, message", [
+    ('host = "turn.example.org"', "test.toml: [[extdisco.services]] #1 type: is missing"),
+    ('type = "turn"\nhost = "turn.example.org"\nport = 0',
+     "test.toml: [[extdisco.services]] #1 port = 0: must be an integer from 1 to 65535"),
+    ('type = "turns"\nhost = "turn.example.org"\ntransport = "udp"',
+     'test.toml: [[extdisco.services]] #1 transport = "udp": must be "tcp" for turns (TURN over TLS)'),
+    ('type = "turn"\nhost = "turn.example.org"\nsecrt = "x"',
+     'test.toml: [[extdisco.services]] #1 secrt = "x": unknown key (did you mean secret?); allowed keys: '
+     "type, host, port, transport, secret, ttl, name"),
+])
+def test_external_service_errors_name_the_inner_key(base, service, message):
+    with pytest.raises(ConfigError) as caught:
+        parse_config(document(TLS) + f"\n[[extdisco.services]]\n{service}\n", source="test.toml", base_dir=str(base))
+    assert caught.value.errors == (message,)
+
+
+def test_external_services_take_defaults_and_render_back(base):
+    text = document(TLS) + """
+[[extdisco.services]]
+type = "turns"
+host = "turn.example.org"
+secret = "s3cret"
+
+[[extdisco.services]]
+type = "stun"
+host = "192.0.2.1"
+"""
+    config = parse_config(text, base_dir=str(base))
+    turns, stun = config.extdisco.services
+    assert (turns.port, turns.transport, turns.ttl, turns.secret) == (5349, "tcp", 86400, "s3cret")
+    assert (stun.port, stun.transport, stun.secret) == (3478, "udp", "")
+    assert parse_config(render_config(config), base_dir=str(base)) == config
+
+
+def test_upload_rules(base):
+    text = document({"c2s": {"direct_tls_port": "0", "require_encryption": "false"}}) + '\n[upload]\ntls = true\nport = 5222\npublic_url = "ftp://x"\n'
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, source="test.toml", base_dir=str(base))
+    assert caught.value.errors == (
+        "test.toml: [upload] tls = true: needs [tls] certificate and private_key",
+        'test.toml: [upload] public_url = "ftp://x": must start with "http://" or "https://"',
+        "test.toml: [upload] port = 5222: must differ from the ports of [c2s] and [metrics]",
     )
 
 

@@ -28,7 +28,8 @@ from . import jid
 
 # Optional feature modules an operator may enable; the server imports this
 # tuple too, so the set of names lives only here.
-OPTIONAL_MODULES = ("version", "vcard", "register", "offline", "csi", "stream_mgmt", "push", "appserver")
+OPTIONAL_MODULES = ("version", "vcard", "register", "offline", "csi", "stream_mgmt", "push", "appserver",
+                    "upload", "extdisco")
 
 # SASL mechanisms the server implements (the -PLUS variants follow
 # auth.channel_binding rather than being listed).
@@ -75,6 +76,8 @@ def toml_value(value: object) -> str:
         return _toml_string(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    if dataclasses.is_dataclass(value):   # a table in an array of tables, such as [[extdisco.services]]
+        value = {k: v for k, v in dataclasses.asdict(value).items() if v != ""}
     if isinstance(value, dict):
         if not value:
             return "{}"
@@ -523,7 +526,10 @@ class ModulesConfig:
         "(XEP-0198: acknowledgements, and sessions that survive a broken connection and "
         "are resumed; it loads offline too), push (XEP-0357: wake a sleeping phone through "
         "its push app server; see [push]), appserver (the built-in push app server on "
-        "[appserver] domain, which sends to APNs and FCM; see [appserver]).")
+        "[appserver] domain, which sends to APNs and FCM; see [appserver]), upload (XEP-0363 "
+        "HTTP file upload on [upload] domain, with its own HTTP listener; see [upload]), "
+        "extdisco (XEP-0215: tell clients about STUN/TURN servers for calls, with "
+        "time-limited TURN credentials; see [extdisco]).")
 
 
 @dataclass(frozen=True)
@@ -794,6 +800,139 @@ class AppServerConfig:
 
 
 @dataclass(frozen=True)
+class UploadConfig:
+    """Settings of the upload module (XEP-0363 HTTP File Upload), served over HTTP by xmppd itself."""
+
+    domain: str = _option(
+        "", Text(empty_ok=True),
+        'The upload service\'s own XMPP domain; "" means upload.<[server] domain>. Clients '
+        "find it in the server's disco#items and ask it for slots.")
+    interfaces: tuple[str, ...] = _option(
+        ("127.0.0.1", "::1"),
+        Strings('distinct IP addresses ("0.0.0.0" and "::" mean all)', item=_ip_address, non_empty=True),
+        "Addresses the HTTP listener binds to. The default suits a reverse proxy on the same "
+        "host; serve the network directly with [\"0.0.0.0\", \"::\"] and tls = true.")
+    port: int = _option(
+        5280, Int(1, 65535),
+        "TCP port of the HTTP listener for uploads (PUT) and downloads (GET).")
+    tls: bool = _option(
+        False, Bool(),
+        "Serve HTTPS with [tls] certificate and private_key (which must then name a "
+        "certificate valid for the host in public_url). Off: plain HTTP, for a reverse proxy "
+        "that terminates TLS.")
+    public_url: str = _option(
+        "", Text(empty_ok=True),
+        'The URL clients reach the listener at, such as "https://upload.example.org/upload" '
+        "behind a reverse proxy; slot URLs start with it. \"\" means "
+        "http(s)://<domain>:<port>/upload.")
+    directory: str = _option(
+        "uploads", Path("a directory path"),
+        "Where files are kept (created if missing); it must be writable by the server.")
+    max_file_size: int = _option(
+        104857600, Int(1, 1 << 40, "bytes"),
+        "Largest file one slot may hold; advertised to clients (max-file-size).")
+    quota: int = _option(
+        1073741824, Int(0, 1 << 50, "bytes; 0: no quota"),
+        "Bytes of files one account may have stored at once (files not yet expired, and "
+        "slots not yet used); a slot request past it gets <resource-constraint/>.")
+    expire_after: float = _option(
+        30.0, Number(0, 36500, note="days; 0: files are kept until their account is deleted"),
+        "Files are deleted this long after their upload, and their URLs stop working.")
+    slot_timeout: float = _option(
+        300.0, Number(10, 86400, note=_SECONDS),
+        "A PUT must start within this time after the slot request. The bytes of a slot never "
+        "used stop counting against the quota an hour after that (an upload that started in "
+        "time may take so long).")
+    max_filename_length: int = _option(
+        255, Int(16, 1024, "characters"),
+        "Longest file name accepted in a slot request (longer ones get <not-acceptable/>).")
+
+
+EXTDISCO_TYPES = ("stun", "turn", "turns")
+TRANSPORTS = ("udp", "tcp")
+
+
+@dataclass(frozen=True)
+class ExternalService:
+    """One STUN or TURN server told to clients (XEP-0215)."""
+
+    type: str
+    host: str
+    port: int
+    transport: str
+    secret: str = ""      # coturn's static-auth-secret: credentials are made for each request
+    ttl: int = 86400      # seconds the made credentials are valid
+    name: str = ""
+
+
+# key -> (validator, required, help)
+EXTERNAL_SERVICE_KEYS: dict[str, tuple[Validator, bool, str]] = {
+    "type": (OneOf(EXTDISCO_TYPES), True, "stun, turn (TURN over UDP or TCP) or turns (TURN over TLS)."),
+    "host": (Text(), True, "Host name or IP address clients connect to."),
+    "port": (Int(1, 65535), False, "Port; default 3478 (5349 for turns)."),
+    "transport": (OneOf(TRANSPORTS), False, "udp or tcp; default udp (tcp for turns)."),
+    "secret": (Text(), False, "coturn's static-auth-secret (use-auth-secret): clients get a username and "
+                              "password made from it that expire after ttl. Without it, no credentials."),
+    "ttl": (Int(60, 2592000), False, "Seconds the credentials are valid; default 86400."),
+    "name": (Text(), False, "A name clients may show."),
+}
+
+
+@dataclass(frozen=True)
+class ExternalServices(Validator):
+    """[[extdisco.services]] tables, each one STUN or TURN server."""
+
+    type = "array of tables"
+
+    def describe(self) -> str:
+        keys = ", ".join(f"{key}{'' if required else ' (optional)'}"
+                         for key, (_, required, _) in EXTERNAL_SERVICE_KEYS.items())
+        return f"[[extdisco.services]] tables with the keys {keys}"
+
+    def convert(self, value: object, base_dir: str) -> tuple[ExternalService, ...]:
+        if isinstance(value, tuple):
+            return value   # the declared default
+        if not isinstance(value, list):
+            raise self.refuse()
+        services = []
+        for index, table in enumerate(value, start=1):
+            where = f"[[extdisco.services]] #{index}"
+            if not isinstance(table, dict):
+                raise Invalid("must be a table, written as a [[extdisco.services]] section", where=where, value=table)
+            fields: dict[str, object] = {}
+            for key, raw in table.items():
+                if key not in EXTERNAL_SERVICE_KEYS:
+                    hint = _did_you_mean(key, list(EXTERNAL_SERVICE_KEYS), str)
+                    raise Invalid(f"unknown key{hint}; allowed keys: {', '.join(EXTERNAL_SERVICE_KEYS)}",
+                                  where=f"{where} {_toml_key(key)}", value=raw)
+                try:
+                    fields[key] = EXTERNAL_SERVICE_KEYS[key][0].convert(raw, base_dir)
+                except Invalid as error:
+                    raise Invalid(str(error), where=f"{where} {key}", value=raw) from None
+            for key, (_, required, _) in EXTERNAL_SERVICE_KEYS.items():
+                if required and key not in fields:
+                    raise Invalid("is missing", where=f"{where} {key}")
+            tls = fields["type"] == "turns"
+            fields.setdefault("port", 5349 if tls else 3478)
+            fields.setdefault("transport", "tcp" if tls else "udp")
+            if tls and fields["transport"] != "tcp":
+                raise Invalid('must be "tcp" for turns (TURN over TLS)', where=f"{where} transport",
+                              value=fields["transport"])
+            services.append(ExternalService(**fields))
+        return tuple(services)
+
+
+@dataclass(frozen=True)
+class ExtDiscoConfig:
+    """Settings of the extdisco module (XEP-0215 External Service Discovery): STUN and TURN for calls."""
+
+    services: tuple = _option(
+        (), ExternalServices(),
+        "The STUN and TURN servers clients are told about, one [[extdisco.services]] table each. "
+        "Only local accounts that are logged in are answered.")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; ``path`` is the file it came from, if any."""
 
@@ -814,6 +953,8 @@ class Config:
     stream_mgmt: StreamMgmtConfig = field(default_factory=StreamMgmtConfig)
     push: PushConfig = field(default_factory=PushConfig)
     appserver: AppServerConfig = field(default_factory=AppServerConfig)
+    upload: UploadConfig = field(default_factory=UploadConfig)
+    extdisco: ExtDiscoConfig = field(default_factory=ExtDiscoConfig)
 
 
 @dataclass(frozen=True)
@@ -912,9 +1053,19 @@ def _push_apps_consistent(get: Lookup) -> Iterator[tuple[str, str, str]]:
             owners[module] = app.name
 
 
+def _upload_settings_consistent(get: Lookup) -> Iterator[tuple[str, str, str]]:
+    if get("upload", "tls") and not (get("tls", "certificate") and get("tls", "private_key")):
+        yield "upload", "tls", "needs [tls] certificate and private_key"
+    url = get("upload", "public_url")
+    if url and not (url.startswith("http://") or url.startswith("https://")):
+        yield "upload", "public_url", 'must start with "http://" or "https://"'
+    if get("upload", "port") in (get("c2s", "port"), get("c2s", "direct_tls_port"), get("metrics", "port")):
+        yield "upload", "port", "must differ from the ports of [c2s] and [metrics]"
+
+
 SCHEMA = Schema(Config, (_dsn_for_postgresql, _tls_files_when_needed, _plain_needs_unencrypted_streams,
-                          _distinct_ports, _admins_are_local,
-                         _push_apps_consistent))
+                          _distinct_ports, _admins_are_local, _push_apps_consistent,
+                          _upload_settings_consistent))
 SECTIONS = SCHEMA.sections
 OPTIONS = SCHEMA.options
 _BY_SECTION = SCHEMA.by_section

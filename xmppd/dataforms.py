@@ -17,7 +17,18 @@ VALUE = qname(NS_DATA, "value")
 
 def submit_form(form_type: str) -> etree._Element:
     """An empty <x type='submit'/> with its FORM_TYPE."""
-    form = etree.Element(qname(NS_DATA, "x"), {"type": "submit"}, nsmap={None: NS_DATA})
+    return _form("submit", form_type)
+
+
+def result_form(form_type: str) -> etree._Element:
+    """An empty <x type='result'/> with its FORM_TYPE (a XEP-0128 extension of disco#info, for one)."""
+    form = _form("result", form_type)
+    form[0].set("type", "hidden")
+    return form
+
+
+def _form(type_: str, form_type: str) -> etree._Element:
+    form = etree.Element(qname(NS_DATA, "x"), {"type": type_}, nsmap={None: NS_DATA})
     add_field(form, "FORM_TYPE", form_type)
     return form
 

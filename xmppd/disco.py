@@ -64,7 +64,12 @@ class Disco:
         require_owner(origin, to)
         if iq[0].get("node"):
             raise StanzaError("item-not-found", "no such node")
-        return iq_result(iq, etree.Element(qname(NS_ITEMS, "query"), nsmap={None: NS_ITEMS}))
+        query = etree.Element(qname(NS_ITEMS, "query"), nsmap={None: NS_ITEMS})
+        if to.local is None:
+            # Services hosted on their own domains (upload.<domain>, push.<domain>): clients find them here.
+            for domain in sorted(self.server.components):
+                etree.SubElement(query, qname(NS_ITEMS, "item"), jid=domain)
+        return iq_result(iq, query)
 
 
 def setup(server: "Server") -> Disco:

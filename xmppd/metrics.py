@@ -96,6 +96,24 @@ class XmppdCollector:
         hosted = server.modules.get("appserver")
         if hosted is not None:
             yield from _app_server_metrics(hosted.app_server.metrics)
+        upload = server.modules.get("upload")
+        if upload is not None:
+            yield from _upload_metrics(upload)
+
+
+def _upload_metrics(upload: Any):
+    family = CounterMetricFamily("xmppd_upload_slot_requests", "XEP-0363 slot requests, by outcome (granted or "
+                                 "the error condition).", labels=["result"])
+    for result, count in sorted(upload.slot_requests.items()):
+        family.add_metric([result], count)
+    yield family
+    family = CounterMetricFamily("xmppd_upload_puts", "HTTP PUTs of uploaded files, by status (201: stored).",
+                                 labels=["status"])
+    for status, count in sorted(upload.puts.items()):
+        family.add_metric([str(status)], count)
+    yield family
+    yield CounterMetricFamily("xmppd_upload_stored_bytes", "Bytes of files stored by uploads.",
+                              value=upload.bytes_stored)
 
 
 def _app_server_metrics(metrics: Any):

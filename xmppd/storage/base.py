@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from .models import AppServerRegistration, PushRegistration, ResumableSession, RosterItem, ScramCredentials
+from .models import AppServerRegistration, PushRegistration, RosterItem, ScramCredentials, UploadSlot
 
 
 class StorageError(Exception):
@@ -285,3 +286,30 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def take_resumable_sessions(self) -> list[ResumableSession]:
         """Return every saved session and delete them, in one transaction (a session is restored once)."""
+    # -- XEP-0363 HTTP file upload (upload.py) ------------------------------------------
+    # One row per slot, stored file or not yet; deleted with the account (its files are
+    # then swept from disk by the upload module's expiry job).
+
+    @abc.abstractmethod
+    async def upload_reserve(self, slot: UploadSlot, quota: int) -> int | None:
+        """Insert the slot unless the account's slots (stored files and slots not yet used)
+        would then hold more than quota bytes (0: no quota), atomically: concurrent requests
+        of one account cannot together pass the quota. Returns None when inserted, else the
+        bytes the account holds already. StorageError if the user does not exist."""
+
+    @abc.abstractmethod
+    async def upload_slot(self, slot: str) -> UploadSlot | None:
+        """The slot, None if there is no such slot (never made, expired, or its account deleted)."""
+
+    @abc.abstractmethod
+    async def upload_complete(self, slot: str, now: datetime) -> bool:
+        """Mark the slot's file as stored; False if it is gone or was completed already."""
+
+    @abc.abstractmethod
+    async def upload_expire(self, stored_before: datetime | None, reserved_before: datetime) -> list[str]:
+        """Delete and return (sorted) the slots whose file was stored before stored_before (None:
+        stored files never expire) and those reserved before reserved_before but never used."""
+
+    @abc.abstractmethod
+    async def upload_known(self, slots: Sequence[str]) -> set[str]:
+        """Which of these slots exist."""

@@ -183,6 +183,25 @@ MIGRATIONS: list[Migration] = [
             )""",
         ),
     ),
+    Migration(
+        5,
+        "HTTP file upload (XEP-0363): slots and stored files",
+        (
+            # A slot's file lives at <[upload] directory>/<slot>; its size counts against the
+            # account's quota from the slot request on. uploaded_at is NULL until the PUT is complete.
+            """CREATE TABLE uploads (
+                slot {KEY} PRIMARY KEY,
+                username {KEY} NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+                filename TEXT NOT NULL,
+                size BIGINT NOT NULL,
+                content_type TEXT NOT NULL,
+                created_at {TIMESTAMP} NOT NULL,
+                uploaded_at {TIMESTAMP}
+            )""",
+            "CREATE INDEX uploads_username ON uploads (username)",
+            "CREATE INDEX uploads_created_at ON uploads (created_at)",
+        ),
+    ),
 ]
 
 _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (

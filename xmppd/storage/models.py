@@ -119,3 +119,19 @@ class ResumableSession:
     remaining: float
     details: str
     saved_at: datetime
+class UploadSlot:
+    """One XEP-0363 upload slot (upload.py): a file an account announced, and once PUT, stored.
+
+    ``slot`` is the random, unguessable first part of the file's URL and its
+    name on disk; ``filename`` (sanitised), ``size`` and ``content_type`` are what
+    the slot request said, and the PUT must match them. ``uploaded_at`` is None
+    until the file is complete. Times are aware UTC datetimes.
+    """
+
+    slot: str
+    username: str
+    filename: str
+    size: int
+    content_type: str
+    created_at: datetime
+    uploaded_at: datetime | None = None

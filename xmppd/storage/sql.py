@@ -27,6 +27,7 @@ from typing import Any
 from .base import Storage, StorageError
 from .models import (SUBSCRIPTIONS, AppServerRegistration, PushRegistration, ResumableSession, RosterItem,
                      ScramCredentials)
+from .models import SUBSCRIPTIONS, AppServerRegistration, PushRegistration, RosterItem, ScramCredentials, UploadSlot
 
 
 class Result(enum.Enum):
@@ -245,6 +246,24 @@ class SQLStorage(Storage):
 
     async def take_resumable_sessions(self) -> list[ResumableSession]:
         return await self._run(_take_resumable_sessions)
+    async def upload_reserve(self, slot: UploadSlot, quota: int) -> int | None:
+        return await self._run(_upload_reserve, slot, quota)
+
+    async def upload_slot(self, slot: str) -> UploadSlot | None:
+        return await self._run(_upload_slot, slot)
+
+    async def upload_complete(self, slot: str, now: datetime) -> bool:
+        return await self._run(_upload_complete, slot, _timestamp_param(now, "now"))
+
+    async def upload_expire(self, stored_before: datetime | None, reserved_before: datetime) -> list[str]:
+        return await self._run(
+            _upload_expire,
+            None if stored_before is None else _timestamp_param(stored_before, "stored_before"),
+            _timestamp_param(reserved_before, "reserved_before"),
+        )
+
+    async def upload_known(self, slots: Sequence[str]) -> set[str]:
+        return await self._run(_upload_known, list(slots))
 
 
 # -- accounts -------------------------------------------------------------
@@ -835,3 +854,58 @@ def _take_resumable_sessions():
     yield execute("DELETE FROM resumable_sessions")
     return [ResumableSession(resume_id, username, resource, handled, acked, remaining, details, _utc(saved_at))
             for resume_id, username, resource, handled, acked, remaining, details, saved_at in rows]
+# -- XEP-0363 HTTP file upload ------------------------------------------------------
+
+_UPLOAD_COLUMNS = "slot, username, filename, size, content_type, created_at, uploaded_at"
+
+
+def _upload_slot_of(row: tuple) -> UploadSlot:
+    slot, username, filename, size, content_type, created_at, uploaded_at = row
+    return UploadSlot(slot, username, filename, size, content_type, _utc(created_at),
+                      None if uploaded_at is None else _utc(uploaded_at))
+
+
+@atomic
+def _upload_reserve(slot, quota):
+    # Lock the account's row first (and learn whether it exists): concurrent requests of one
+    # account queue here on PostgreSQL, so the sum below sees what they committed.
+    if not (yield select("UPDATE users SET roster_version = roster_version WHERE username = ? RETURNING username",
+                         slot.username)):
+        raise StorageError(f"upload_reserve: no such user {slot.username!r}")
+    if quota:
+        [(used,)] = yield select("SELECT COALESCE(SUM(size), 0) FROM uploads WHERE username = ?", slot.username)
+        if used + slot.size > quota:
+            return int(used)
+    yield execute(
+        f"INSERT INTO uploads ({_UPLOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL)",
+        slot.slot, slot.username, slot.filename, slot.size, slot.content_type,
+        _timestamp_param(slot.created_at, "created_at"),
+    )
+    return None
+
+
+def _upload_slot(slot):
+    rows = yield select(f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE slot = ?", slot)
+    return _upload_slot_of(rows[0]) if rows else None
+
+
+def _upload_complete(slot, now):
+    changed = yield execute("UPDATE uploads SET uploaded_at = ? WHERE slot = ? AND uploaded_at IS NULL", now, slot)
+    return bool(changed)
+
+
+def _upload_expire(stored_before, reserved_before):
+    sql = "DELETE FROM uploads WHERE (uploaded_at IS NULL AND created_at < ?)"
+    if stored_before is None:
+        rows = yield select(sql + " RETURNING slot", reserved_before)
+    else:
+        rows = yield select(sql + " OR uploaded_at < ? RETURNING slot", reserved_before, stored_before)
+    return sorted(slot for (slot,) in rows)
+
+
+def _upload_known(slots):
+    known = set()
+    for placeholders, params in _in_lists(slots):
+        rows = yield select(f"SELECT slot FROM uploads WHERE slot IN ({placeholders})", *params)
+        known.update(slot for (slot,) in rows)
+    return known
