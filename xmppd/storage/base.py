@@ -16,8 +16,8 @@ import abc
 from collections.abc import Sequence
 from datetime import datetime
 
-from .models import AppServerRegistration, PushRegistration, ResumableSession, RosterItem, ScramCredentials
-from .models import AppServerRegistration, PushRegistration, RosterItem, ScramCredentials, UploadSlot
+from .models import (AppServerRegistration, PushRegistration, ResumableSession, RosterItem, ScramCredentials,
+                     UploadSlot)
 
 
 class StorageError(Exception):

@@ -119,6 +119,9 @@ class ResumableSession:
     remaining: float
     details: str
     saved_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class UploadSlot:
     """One XEP-0363 upload slot (upload.py): a file an account announced, and once PUT, stored.
 

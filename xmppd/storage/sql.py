@@ -26,8 +26,7 @@ from typing import Any
 
 from .base import Storage, StorageError
 from .models import (SUBSCRIPTIONS, AppServerRegistration, PushRegistration, ResumableSession, RosterItem,
-                     ScramCredentials)
-from .models import SUBSCRIPTIONS, AppServerRegistration, PushRegistration, RosterItem, ScramCredentials, UploadSlot
+                     ScramCredentials, UploadSlot)
 
 
 class Result(enum.Enum):
