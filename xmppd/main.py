@@ -14,7 +14,7 @@ import secrets
 import sys
 from dataclasses import dataclass, field
 
-from . import __version__
+from . import __version__, sdnotify
 from .config import Config, ConfigError, load_config
 
 log = logging.getLogger("xmppd")
@@ -76,6 +76,7 @@ def run(config: Config) -> int:
 
     def failed(error: BaseException) -> None:
         log.critical("xmppd could not start: %s", error)
+        sdnotify.status(f"could not start: {error}")
         exit_code[0] = 1
         reactor.stop()
 
@@ -168,6 +169,7 @@ class Running:
             listeners.append(f"{_host(config.metrics.interface)}:{config.metrics.port} (metrics)")
         log.info("xmppd %s serving %s with %s storage; listening on %s", __version__, server.domain,
                  config.storage.backend, ", ".join(listeners) or "nothing")
+        sdnotify.ready(f"serving {server.domain}; listening on {', '.join(listeners) or 'nothing'}")
 
     async def stop(self) -> None:
         """Stop listening, tell clients the server is going away, let work already accepted finish
@@ -178,6 +180,7 @@ class Running:
         from .c2s import CLOSE_GRACE
 
         self.stopping = True
+        sdnotify.stopping("stopping: telling clients, finishing queued work")
         if self.metrics is not None:
             self.metrics.stop()
         loop = asyncio.get_running_loop()
