@@ -28,10 +28,13 @@ tar -C "$root" --exclude=./.git --exclude=./.venv --exclude=./dev-data --exclude
 (cd "$source_dir" && dpkg-buildpackage -us -uc -b)
 
 deb=$(ls "$scratch"/xmppd_"$version"_*.deb)
-# The package must work where the build tree never existed: no file in it may name that tree.
-if dpkg-deb --fsys-tarfile "$deb" | tar -xOf - | grep -a -q -F "$scratch"; then
-    echo "build-deb: $(basename "$deb") contains the build path $scratch:" >&2
-    mkdir "$scratch/check" && dpkg-deb -x "$deb" "$scratch/check" && grep -r -l -F "$scratch" "$scratch/check" >&2
+# The package must work where the build tree never existed: no file in it may name that tree
+# (bytecode names its source file, pip records where it installed from).
+mkdir "$scratch/check"
+dpkg-deb -x "$deb" "$scratch/check"
+if grep -r -l -a -F -e "$scratch" -e "debian/xmppd/usr/lib" "$scratch/check" >"$scratch/found"; then
+    echo "build-deb: $(basename "$deb") names the build tree in:" >&2
+    sed "s|^$scratch/check||" "$scratch/found" >&2
     exit 1
 fi
 rm -f "$root"/xmppd_*.deb
