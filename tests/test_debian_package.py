@@ -164,7 +164,7 @@ def start_as_the_unit_would(unit: dict[str, list[str]], tmp_path: Path) -> Insta
     return daemon
 
 
-def stop(daemon: InstalledDaemon) -> int:
+def stop(daemon: InstalledDaemon) -> None:
     if daemon.process.poll() is None:
         daemon.process.send_signal(signal.SIGTERM)   # the unit's KillSignal
         try:
@@ -173,7 +173,6 @@ def stop(daemon: InstalledDaemon) -> int:
             daemon.process.kill()
             daemon.process.wait()
     daemon.notifications.close()
-    return daemon.process.returncode
 
 
 def xmppctl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
