@@ -179,8 +179,8 @@ class Running:
         from .aio import drain
         from .c2s import CLOSE_GRACE
 
-        self.stopping = True
         sdnotify.stopping("stopping: telling clients, finishing queued work")
+        self.stopping = True
         if self.metrics is not None:
             self.metrics.stop()
         loop = asyncio.get_running_loop()
