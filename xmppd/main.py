@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from . import __version__
+from . import __version__, sdnotify
 from .config import Config, ConfigError, load_config
 
 log = logging.getLogger("xmppd")
@@ -88,6 +88,7 @@ def run(config: Config) -> int:
 
     def failed(error: BaseException) -> None:
         log.critical("xmppd could not start: %s", error)
+        sdnotify.status(f"could not start: {error}")
         exit_code[0] = 1
         reactor.stop()
 
@@ -196,13 +197,17 @@ class Running:
             listeners.append(f"{_host(config.metrics.interface)}:{config.metrics.port} (metrics)")
         log.info("xmppd %s serving %s with %s storage; listening on %s", __version__, server.domain,
                  config.storage.backend, ", ".join(listeners) or "nothing")
+        sdnotify.ready(f"serving {server.domain}; listening on {', '.join(listeners) or 'nothing'}")
 
     def reload(self) -> None:
         """SIGHUP (reload.py)."""
         from .reload import reload
 
         if self.server is not None and not self.stopping:
-            reload(self)
+            sdnotify.reloading("reloading the configuration")
+            applied = reload(self)
+            sdnotify.ready("configuration reloaded" if applied else
+                           "reload failed, the previous configuration stays in use (see the log)")
 
     def apply_config(self, config: Config) -> None:
         """Run with `config` from now on (reload.merge() kept what needs a restart): new connections get
@@ -234,6 +239,7 @@ class Running:
         from .aio import drain
         from .c2s import CLOSE_GRACE
 
+        sdnotify.stopping("stopping: telling clients, finishing queued work")
         self.stopping = True
         if self.server is not None:
             self.server.stopping = True   # resumable sessions hibernate as their streams close
