@@ -33,7 +33,7 @@ from .jid import JID, InvalidJID, normalize_domain, normalize_localpart
 from .roster import GROUP, ITEM, MAX_GROUPS, MAX_NAME_LENGTH, MAX_ROSTER_SIZE, NS_ROSTER, QUERY as ROSTER_QUERY, \
     item_element
 from .sasl import derive_credentials
-from .stanza import NS_CLIENT, NS_DELAY, PRESENCE, MESSAGE, qname, with_delay
+from .stanza import MESSAGE, NS_CLIENT, NS_DELAY, PRESENCE, child, make, qname, with_delay
 from .storage import Storage, StorageError
 from .storage.models import SCRAM_MECHANISMS, SUBSCRIPTIONS, RosterItem, ScramCredentials
 from .vcard import MAX_VCARD_BYTES, VCARD
@@ -281,10 +281,12 @@ def _roster_item(element: etree._Element, context: ParseContext) -> RosterItem |
 
 class PendingSubscriptionSection(Section):
     """Subscription requests the account has not answered yet: <presence type='subscribe'/> children of
-    <user/>, as Prosody and ejabberd write them (RFC 6121 "Pending In")."""
+    <user/> (RFC 6121 "Pending In"). ejabberd writes them in jabber:client, Prosody without a namespace of
+    their own (so in XEP-0227's); both are stored as the jabber:client request a contact would have sent,
+    with its <status/> and payloads of other namespaces (a XEP-0172 nick)."""
 
     name = "pending subscription requests"
-    elements = (PRESENCE,)
+    elements = (PRESENCE, qname(NS_PIE, "presence"))
 
     async def export(self, storage, username, domain):
         return [etree.fromstring(xml, _STORED) for _, xml in await storage.list_pending_subscriptions(username)]
@@ -301,9 +303,15 @@ class PendingSubscriptionSection(Section):
             except InvalidJID as error:
                 context.note(f"subscription request with an invalid 'from' skipped ({error})")
                 continue
-            stanza = _detached(presence)
-            stanza.set("from", sender)
-            stanza.set("to", f"{context.username}@{context.domain}")
+            stanza = make("presence", {"from": sender, "to": f"{context.username}@{context.domain}",
+                                       "type": "subscribe"})
+            for payload in presence:
+                namespace = etree.QName(payload).namespace
+                if namespace in (NS_CLIENT, NS_PIE):
+                    if etree.QName(payload).localname == "status" and payload.text:
+                        child(stanza, NS_CLIENT, "status", payload.text)
+                else:
+                    stanza.append(_detached(payload))
             pending[sender] = etree.tostring(stanza, encoding="unicode")
         return list(pending.items()) or None
 
