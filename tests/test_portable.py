@@ -239,20 +239,12 @@ def prosody_export(directory: Path, passwords: dict[str, str]) -> list[Path]:
     seed.write_text(PROSODY_SEED.format(lib=PROSODY_LIB, data=lua_string(data)))
     done = subprocess.run([LUA, str(seed)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
-    migrator_config = directory / "migrator.cfg.lua"
-    migrator_config.write_text(
+    # Accounts first: the xep0227 driver adds a roster or vCard only to a user file that exists.
+    (directory / "migrator.cfg.lua").write_text(
         f'input {{ type = "internal"; path = {lua_string(data)}; '
         'hosts = { ["localhost"] = { "accounts", "roster", "vcard" } } }\n'
         'output { type = "xep0227" }\n')
-    # The xep0227 driver writes into Prosody's data_path, which the migrator takes from the global config:
-    # point it at the temporary directory (never the system's /var/lib/prosody). As root, --root keeps the
-    # migrator from switching to the prosody user, who may not read the temporary directory.
-    set_data_path = (f'package.path = "{PROSODY_LIB}/?.lua;" .. package.path; '
-                     f'package.cpath = "{PROSODY_LIB}/?.so;" .. package.cpath; '
-                     f'require "core.configmanager".set("*", "data_path", {lua_string(out)})')
-    done = subprocess.run([LUA, "-e", set_data_path, PROSODY_MIGRATOR, "--root", "--config", str(migrator_config),
-                           "input", "output"], capture_output=True, text=True, timeout=120, cwd=directory)
-    assert done.returncode == 0 and "Done!" in done.stderr, done.stdout + done.stderr
+    run_prosody_migrator(directory, out, "input", "output")
     return sorted(out.glob("*@localhost.xml"))
 
 
@@ -288,6 +280,61 @@ def test_import_of_a_real_prosody_export(empty_xmppd, tmp_path):
             await Client(empty_xmppd, "bob@localhost", "wrong", mechanism="PLAIN").login()
 
     run(logins())
+
+
+def run_prosody_migrator(directory: Path, data_path: Path, input_store: str, output_store: str) -> None:
+    """prosody-migrator with Prosody's data_path pointed at a temporary directory: the xep0227 driver reads
+    and writes user@host.xml files there, and the migrator takes data_path from the global configuration,
+    which it does not load (the default is the system's /var/lib/prosody, never touched here). As root,
+    --root keeps the migrator from switching to the prosody user, who may not read the temporary directory."""
+    set_data_path = (f'package.path = "{PROSODY_LIB}/?.lua;" .. package.path; '
+                     f'package.cpath = "{PROSODY_LIB}/?.so;" .. package.cpath; '
+                     f'require "core.configmanager".set("*", "data_path", {lua_string(data_path)})')
+    done = subprocess.run([LUA, "-e", set_data_path, PROSODY_MIGRATOR, "--root", "--config",
+                           str(directory / "migrator.cfg.lua"), input_store, output_store],
+                          capture_output=True, text=True, timeout=120, cwd=directory)
+    assert done.returncode == 0 and "Done!" in done.stderr, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(not (PROSODYCTL and PROSODY_MIGRATOR and LUA and PROSODY_LIB.is_dir()),
+                    reason="Prosody is not installed (bash scripts/ensure-prosody.sh installs it)")
+def test_export_back_to_prosody(xmppd, tmp_path):
+    """xmppctl export --one-file-per-account, then prosody-migrator from xep0227 into Prosody's own storage."""
+    tag = secrets.token_hex(3)
+    alice, bob = f"back-alice-{tag}", f"back-bob-{tag}"
+    xmppd.add_user(alice, "alice's password")
+    xmppd.add_user(bob, "bob's password")
+
+    async def seed(storage):
+        await storage.set_roster_item(alice, RosterItem(f"{bob}@localhost", "Bob", "both", groups=["Friends"]))
+        await storage.add_pending_subscription(
+            alice, "eve@remote.example", '<presence xmlns="jabber:client" from="eve@remote.example" '
+            f'to="{alice}@localhost" type="subscribe"/>')
+        await storage.set_vcard(alice, '<vCard xmlns="vcard-temp"><FN>Alice Back</FN></vCard>')
+        return await storage.get_credentials(alice, "SCRAM-SHA-1")
+
+    sha1 = on_storage(xmppd, seed)
+    export = tmp_path / "export"
+    done = xmppctl(xmppd.config_path, "export", "--one-file-per-account", str(export), "--user", alice,
+                   "--user", bob)
+    assert done.returncode == 0, done.stderr
+    assert sorted(f.name for f in export.iterdir()) == [f"{alice}@localhost.xml", f"{bob}@localhost.xml"]
+
+    prosody_data = tmp_path / "prosody-data"
+    prosody_data.mkdir()
+    (tmp_path / "migrator.cfg.lua").write_text(
+        'input { type = "xep0227"; hosts = { ["localhost"] = { "accounts", "roster", "vcard" } } }\n'
+        f'output {{ type = "internal"; path = {lua_string(prosody_data)} }}\n')
+    run_prosody_migrator(tmp_path, export, "input", "output")
+
+    host = prosody_data / "localhost"
+    account = (host / "accounts" / f"{alice.replace('-', '%2d')}.dat").read_text()
+    assert f'"{sha1.stored_key.hex()}"' in account and f'"{sha1.server_key.hex()}"' in account
+    assert f"= {sha1.iterations};" in account
+    roster = (host / "roster" / f"{alice.replace('-', '%2d')}.dat").read_text()
+    assert f'["{bob}@localhost"]' in roster and '["Friends"] = true' in roster and '"both"' in roster
+    assert '["eve@remote.example"] = true' in roster   # still pending
+    assert "Alice Back" in (host / "vcard" / f"{alice.replace('-', '%2d')}.dat").read_text()
 
 
 # ---------------------------------------------------------------------------------------------- ejabberd

@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("file", help="the file to write (readable by its owner only), or - for standard output")
     export.add_argument("--user", action="append", dest="users", metavar="JID",
                         help="only this account (repeatable; default: all)")
+    export.add_argument("--one-file-per-account", action="store_true",
+                        help="FILE is a directory that gets user@domain.xml per account (what "
+                             "prosody-migrator reads)")
     import_ = commands.add_parser("import", help="create accounts from XEP-0227 XML (xmppctl export, "
                                                  "prosody-migrator, ejabberdctl export_piefxis)")
     import_.add_argument("files", nargs="+", metavar="FILE", help="XEP-0227 files (Prosody writes one per user)")
@@ -174,19 +177,23 @@ def push(config, args) -> int:
 
 
 def export(config, args) -> int:
-    from .portable import PortableError, export_accounts, write_export_file
+    from .portable import PortableError, export_accounts, export_per_account, private_file
 
     usernames = None if args.users is None else [_username(config, jid) for jid in args.users]
-
-    def write(out):
-        return _with_storage(config, lambda storage: export_accounts(storage, config.server.domain, out, usernames))
-
+    domain = config.server.domain
+    if args.one_file_per_account and args.file == "-":
+        raise UserError("--one-file-per-account writes into a directory, not to standard output")
     try:
-        if args.file == "-":
-            summary = write(sys.stdout.buffer)
+        if args.one_file_per_account:
+            os.makedirs(args.file, mode=0o700, exist_ok=True)
+            summary = _with_storage(config, lambda storage: export_per_account(storage, domain, args.file, usernames))
+        elif args.file == "-":
+            summary = _with_storage(config, lambda storage: export_accounts(storage, domain, sys.stdout.buffer,
+                                                                            usernames))
             sys.stdout.buffer.flush()
         else:
-            summary = write_export_file(args.file, write)
+            with private_file(args.file) as out:
+                summary = _with_storage(config, lambda storage: export_accounts(storage, domain, out, usernames))
     except (PortableError, OSError) as error:
         raise UserError(f"export failed: {error}") from None
     # With '-' the XML goes to standard output, so the summary goes to standard error.

@@ -22,10 +22,11 @@ import binascii
 import copy
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 from lxml import etree
 
@@ -53,9 +54,6 @@ MAX_PROLOG_BYTES = 64 * 1024
 EXPORT_BATCH = 500
 _DIGEST_SIZES = {"SCRAM-SHA-1": 20, "SCRAM-SHA-256": 32}
 _PROLOG_ITEM = re.compile(rb"\s+|<\?.*?\?>|<!--.*?-->", re.S)
-
-
-T = TypeVar("T")
 
 
 class PortableError(Exception):
@@ -479,22 +477,37 @@ async def export_accounts(storage: Storage, domain: str, out: IO[bytes],
     return summary
 
 
-def write_export_file(path: str, write: Callable[[IO[bytes]], T]) -> T:
-    """write(binary file) on a new file that only the owner can read (it holds password keys), moved to
-    `path` once complete, so that a failed export never leaves half a file there; returns what write returned."""
+async def export_per_account(storage: Storage, domain: str, directory: str,
+                             usernames: list[str] | None = None) -> Summary:
+    """One file per account, DIRECTORY/user@domain.xml: the layout prosody-migrator's xep0227 driver reads."""
+    summary = Summary()
+    for username in await storage.list_users() if usernames is None else usernames:
+        with private_file(os.path.join(directory, f"{username}@{domain}.xml")) as out:
+            one = await export_accounts(storage, domain, out, [username])
+        for name, count in one.counts.items():
+            summary.counts[name] += count
+    return summary
+
+
+@contextmanager
+def private_file(path: str) -> Iterator[IO[bytes]]:
+    """A new file that only the owner can read (an export holds password keys), moved to `path` once
+    complete, so that a failed export never leaves half a file there."""
     directory = os.path.dirname(os.path.abspath(path))
     temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as error:
+        raise PortableError(f"cannot write {path}: {error.strerror or error}") from None
     try:
         with os.fdopen(descriptor, "wb") as out:
-            result = write(out)
+            yield out
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)
         raise
-    return result
 
 
 # ---------------------------------------------------------------------------------------------- import
