@@ -497,3 +497,24 @@ def test_a_storage_failure_leaves_no_half_account(storage, tmp_path):
         run_on_fixture_loop(import_accounts(storage, accounts, "localhost", "refuse", summary))
     assert run_on_fixture_loop(storage.list_users()) == ["first"]
     assert summary.counts["accounts"] == 1
+
+
+def test_offline_message_addresses_and_stamps(tmp_path):
+    accounts, notes = read(tmp_path, pie(
+        "<user name='juliet' password='pw'><offline-messages>"
+        "<message xmlns='jabber:client' from='romeo@montague.example/orchard' to='juliet@localhost/balcony'>"
+        "<body>full JID kept</body><delay xmlns='urn:xmpp:delay' from='localhost' stamp='1469-07-21T00:32:29'/>"
+        "</message>"
+        "<message xmlns='jabber:client' from='romeo@montague.example' to='someone@else.example'>"
+        "<body>readdressed</body><delay xmlns='urn:xmpp:delay' from='montague.example' "
+        "stamp='2026-01-05T10:00:00+01:00'/></message>"
+        "<message xmlns='jabber:client' from='romeo@montague.example'><body>no stamp</body></message>"
+        "</offline-messages></user>"))
+    [(kept, naive), (readdressed, remote), (unstamped, now)] = accounts[0].data["offline messages"]
+    assert 'to="juliet@localhost/balcony"' in kept and "urn:xmpp:delay" not in kept   # the store's stamp: ours now
+    assert naive == datetime(1469, 7, 21, 0, 32, 29, tzinfo=timezone.utc)              # no zone: UTC
+    assert 'to="juliet@localhost"' in readdressed and 'from="montague.example"' in readdressed   # others' stamp stays
+    assert remote == datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
+    assert abs((now - datetime.now(timezone.utc)).total_seconds()) < 60
+    assert any("offline message without a delay stamp: stamped with the import time (juliet@localhost)" == line
+               for line in notes)

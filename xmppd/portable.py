@@ -114,6 +114,7 @@ class Section:
 
     @staticmethod
     def count(children: list[etree._Element]) -> int:
+        """How many things export() produced, for the summary (one per element unless a section says otherwise)."""
         return len(children)
 
 
@@ -164,11 +165,13 @@ class AccountSection(Section):
                              fields["server-key"], context)
             if decoded is not None:
                 credentials[mechanism] = decoded
+        missing = [m for m in SCRAM_MECHANISMS if m not in credentials]
         if not credentials:
             context.note("no usable password or SCRAM credentials: the account cannot log in until "
                          "'xmppctl passwd' sets a password")
-        elif "SCRAM-SHA-256" not in credentials:
-            context.note("only SCRAM-SHA-1 credentials: SCRAM-SHA-1 and PLAIN logins work, SCRAM-SHA-256 "
+        elif missing:
+            have = " and ".join(credentials)
+            context.note(f"only {have} credentials: {have} and PLAIN logins work, {' and '.join(missing)} "
                          "logins only after the next password change")
         return credentials
 
@@ -260,7 +263,7 @@ def _roster_item(element: etree._Element, context: ParseContext) -> RosterItem |
     except InvalidJID as error:
         context.note(f"roster item with an invalid JID skipped ({error})")
         return None
-    if contact.bare == JID(context.username, context.domain):
+    if _address_of(str(contact), context) is not None:
         return None   # the account itself: Prosody skips such items as well
     subscription = element.get("subscription", "none")
     if subscription not in SUBSCRIPTIONS:
@@ -391,7 +394,8 @@ def _offline_message(element: etree._Element, context: ParseContext) -> tuple[st
         context.note("offline message without a 'from' skipped")
         return None
     message = _detached(element)
-    message.set("to", f"{context.username}@{context.domain}")
+    if _address_of(message.get("to", ""), context) is None:
+        message.set("to", f"{context.username}@{context.domain}")   # stored for this account, so addressed to it
     received_at = None
     delays = message.findall(qname(NS_DELAY, "delay"))
     # The exporting server's own stamp says when it stored the message; xmppd adds its own on delivery,
@@ -399,10 +403,14 @@ def _offline_message(element: etree._Element, context: ParseContext) -> tuple[st
     own = [d for d in delays if d.get("from") in (context.domain, None)] or delays[:1]
     if own:
         try:
-            received_at = datetime.fromisoformat(own[0].get("stamp", "")).astimezone(timezone.utc)
+            received_at = datetime.fromisoformat(own[0].get("stamp", ""))
         except ValueError:
             context.note("offline message with an unreadable delay stamp: stamped with the import time")
         else:
+            # XEP-0082 stamps carry a zone; one without is read as UTC, as the XEP's examples are.
+            if received_at.tzinfo is None:
+                received_at = received_at.replace(tzinfo=timezone.utc)
+            received_at = received_at.astimezone(timezone.utc)
             if own[0].get("from") in (context.domain, None):
                 message.remove(own[0])
     else:
@@ -412,6 +420,15 @@ def _offline_message(element: etree._Element, context: ParseContext) -> tuple[st
         context.note("offline message written with a namespace prefix skipped")
         return None
     return xml, received_at or datetime.now(timezone.utc)
+
+
+def _address_of(text: str, context: ParseContext) -> JID | None:
+    """The JID if it is the account's own (bare or with a resource), else None."""
+    try:
+        jid = JID.parse(text)
+    except InvalidJID:
+        return None
+    return jid if jid.bare == JID(context.username, context.domain) else None
 
 
 # Account creation first: the other sections write to the account.
@@ -514,6 +531,8 @@ def private_file(path: str) -> Iterator[IO[bytes]]:
 
 @dataclass
 class ParsedAccount:
+    """One <user/> of a file, checked and decoded, ready to be stored."""
+
     username: str
     source: str                               # file and line, for messages
     data: dict[str, Any]                      # section name -> what its parse() returned
@@ -553,12 +572,12 @@ def _parse_user(host: str, user: etree._Element, source: str, domain: str, scram
     context = ParseContext(f"{username}@{domain}", username, domain, scram_iterations, notes)
     claimed: dict[str, list[etree._Element]] = {s.name: [] for s in SECTIONS}
     owner = {tag: s for s in SECTIONS for tag in s.elements}
-    for child in user:
-        section = owner.get(child.tag)
+    for element in user:
+        section = owner.get(element.tag)
         if section is None:
-            context.note(f"{_describe(child)} skipped: xmppd does not import it")
+            context.note(f"{_describe(element)} skipped: xmppd does not import it")
         else:
-            claimed[section.name].append(child)
+            claimed[section.name].append(element)
     data = {s.name: s.parse(user, claimed[s.name], context) for s in SECTIONS}
     return ParsedAccount(username, source, data)
 
@@ -661,16 +680,13 @@ def _refuse_dtd(path: str) -> None:
         raise PortableError(f"{path}: a DTD is not allowed in an import file")
 
 
-# What happens to an account in the file that exists here already: "refuse" imports nothing and names them,
-# "skip" keeps the existing account as it is, "replace" deletes it with all its data and imports the file's.
-EXISTING_CHOICES = ("refuse", "skip", "replace")
-
-
 async def import_accounts(storage: Storage, accounts: list[ParsedAccount], domain: str, existing: str,
                           summary: Summary) -> None:
-    """Write parsed accounts. Each account is written completely or removed again; a storage failure stops
-    the import (StorageError, after the accounts before it are in) so that it can be run again with
-    existing='skip'."""
+    """Write parsed accounts. `existing` says what happens to accounts that exist here already: "refuse"
+    imports nothing and names them (PortableError), "skip" leaves them as they are, "replace" deletes each
+    with all its data and imports the file's. Each account is written completely or removed again; a
+    storage failure stops the import (StorageError, after the accounts before it are in) so that it can
+    be run again with existing="skip"."""
     present = [a.username for a in accounts if await storage.user_exists(a.username)]
     if present and existing == "refuse":
         shown = ", ".join(f"{u}@{domain}" for u in present[:10]) + (" …" if len(present) > 10 else "")
