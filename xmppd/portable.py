@@ -248,8 +248,7 @@ class RosterSection(Section):
         return list(items.values()) or None
 
     async def store(self, storage, username, data):
-        for item in data:
-            await storage.set_roster_item(username, item)
+        await storage.set_roster_items(username, data)
         return len(data)
 
     @staticmethod
