@@ -570,3 +570,20 @@ def test_offline_message_addresses_and_stamps(tmp_path):
     assert abs((now - datetime.now(timezone.utc)).total_seconds()) < 60
     assert any("offline message without a delay stamp: stamped with the import time (juliet@localhost)" == line
                for line in notes)
+
+
+def test_xmppctl_import_explains_what_it_refuses(xmppd, tmp_path):
+    missing = xmppctl(xmppd.config_path, "import", str(tmp_path / "missing.xml"))
+    assert missing.returncode == 1 and "nothing imported: cannot read" in missing.stderr
+    dtd = tmp_path / "dtd.xml"
+    dtd.write_text(BILLION_LAUGHS)
+    refused = xmppctl(xmppd.config_path, "import", str(dtd))
+    assert refused.returncode == 1
+    assert f"xmppctl: nothing imported: {dtd}: a DTD is not allowed in an import file" in refused.stderr
+    foreign = tmp_path / "foreign.xml"
+    foreign.write_text(pie("<user name='someone' password='pw'/>", host="elsewhere.example"))
+    other = xmppctl(xmppd.config_path, "import", str(foreign))
+    assert other.returncode == 1
+    assert ("warning: accounts of elsewhere.example skipped: this server is localhost (someone@elsewhere.example)"
+            in other.stderr)
+    assert f"nothing imported: no accounts of localhost in {foreign}" in other.stderr
