@@ -137,6 +137,7 @@ def test_plain_success_then_bind():
     actions = machine.receive(plain("Alice", "secret"))
     lookup = of_type(actions, m.LookupCredentials)[0]
     assert (lookup.username, lookup.mechanism) == ("alice", "SCRAM-SHA-256")   # normalised localpart
+    assert lookup.fallback == ("SCRAM-SHA-1",)   # an account imported with SHA-1 keys only can use PLAIN
     actions = machine.credentials(CREDENTIALS["SCRAM-SHA-256"])
     assert b"<success" in sent(actions)
     assert of_type(actions, m.Authenticated)[0].username == "alice"
@@ -159,7 +160,7 @@ def test_scram_exchange(mechanism):
     actions = machine.receive(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mechanism}'>"
                               f"{first}</auth>".encode())
     lookup = of_type(actions, m.LookupCredentials)[0]
-    assert lookup.mechanism == mechanism
+    assert lookup.mechanism == mechanism and lookup.fallback == ()   # SCRAM needs keys of its own hash
     challenge = etree.fromstring(sent(machine.credentials(CREDENTIALS[mechanism])))
     client.set_server_first(base64.b64decode(challenge.text).decode())
     final = base64.b64encode(client.get_client_final().encode()).decode()

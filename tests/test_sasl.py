@@ -263,6 +263,18 @@ def test_plain_password_is_saslprepped_like_the_stored_one():
     assert isinstance(mech.provide_credentials(creds), Success)
 
 
+def test_plain_checks_sha1_keys_of_an_account_that_has_only_those():
+    """Accounts imported from Prosody (xmppctl import) have SCRAM-SHA-1 keys only; the c2s layer then passes
+    those, and PLAIN must check the password against them with SHA-1."""
+    sha1 = USERS["juliet"]["SCRAM-SHA-1"]
+    mech = mechanism("PLAIN")
+    mech.start(b"\0juliet\0pencil")
+    assert mech.provide_credentials(sha1) == Success("juliet", None, None)
+    mech = mechanism("PLAIN")
+    mech.start(b"\0juliet\0pencil!")
+    assert mech.provide_credentials(sha1).condition == "not-authorized"
+
+
 def test_plain_failures():
     wrong = run_plain(b"\0juliet\0pencil!")
     assert wrong.condition == "not-authorized"

@@ -210,6 +210,23 @@ def test_roster_rejects_bad_input(storage):
     assert run(storage.get_roster("alice")) == (0, [])
 
 
+def test_roster_items_in_one_transaction(storage):
+    """set_roster_items (xmppctl import): many items, one version bump, all or nothing."""
+    run(storage.create_user("alice", {}))
+    run(storage.set_roster_item("alice", RosterItem("bob@example.org", "Old Bob", groups=["Old"])))
+    items = [RosterItem("bob@example.org", "Bob", "both", groups=["Friends", "Work"]),
+             RosterItem("carol@example.org", None, "none", ask=True),
+             RosterItem("dave@example.org", "Dave", "from", approved=True)]
+    assert run(storage.set_roster_items("alice", items)) == 2
+    assert run(storage.get_roster("alice")) == (2, items)
+    assert run(storage.set_roster_items("alice", [])) == 2
+    with pytest.raises(ValueError):
+        run(storage.set_roster_items("alice", [RosterItem("eve@example.org", subscription="pending")]))
+    with pytest.raises(StorageError, match="set_roster_items: no such user 'ghost'"):
+        run(storage.set_roster_items("ghost", items))
+    assert run(storage.get_roster("alice")) == (2, items)
+
+
 def test_failed_transaction_leaves_nothing(storage):
     """An atomic script that fails after writing rolls back, on both drivers."""
     run(storage.create_user("alice", {}))

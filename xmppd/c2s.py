@@ -275,7 +275,10 @@ class C2SConnection(protocol.Protocol):
             await asyncio.sleep(delay)
         stored = None
         if action.username is not None:
-            stored = await self.factory.server.storage.get_credentials(action.username, action.mechanism)
+            for mechanism in (action.mechanism, *action.fallback):
+                stored = await self.factory.server.storage.get_credentials(action.username, mechanism)
+                if stored is not None:
+                    break
         if not self._closing:
             self._run(self.machine.credentials(stored))
             self._wait_for_machine()

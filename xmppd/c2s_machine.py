@@ -64,9 +64,12 @@ class StartTLS:
 @dataclass(slots=True)
 class LookupCredentials:
     """Answer with ``credentials()``. ``username`` is None when what the client sent is no valid
-    localpart: the caller answers None after the same delay, so the client cannot tell."""
+    localpart: the caller answers None after the same delay, so the client cannot tell. When the user has
+    no keys for ``mechanism``, those of ``fallback`` serve as well (PLAIN can check a password against
+    either hash: accounts imported from Prosody have only SCRAM-SHA-1 keys)."""
     username: str | None
     mechanism: str
+    fallback: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -422,7 +425,8 @@ class C2SMachine:
             except InvalidJID:
                 self._auth_username = None
             self._waiting = True
-            return [LookupCredentials(self._auth_username, _stored_mechanism(self._mechanism_name))]
+            fallback = ("SCRAM-SHA-1",) if self._mechanism_name == "PLAIN" else ()
+            return [LookupCredentials(self._auth_username, _stored_mechanism(self._mechanism_name), fallback)]
         if isinstance(step, sasl.Success):
             username = self._auth_username
             own = f"{username}@{self.settings.domain}"

@@ -42,6 +42,20 @@ def main(argv: list[str] | None = None) -> int:
     push_remove.add_argument("jid", help="user@domain (or just user)")
     push_remove.add_argument("--service", help="only those at this app server JID")
     push_remove.add_argument("--node", help="only this node (with --service)")
+    export = commands.add_parser("export", help="write accounts and their data as XEP-0227 XML (for Prosody, "
+                                                "ejabberd or another xmppd)")
+    export.add_argument("file", help="the file to write (readable by its owner only), or - for standard output")
+    export.add_argument("--user", action="append", dest="users", metavar="JID",
+                        help="only this account (repeatable; default: all)")
+    export.add_argument("--one-file-per-account", action="store_true",
+                        help="FILE is a directory that gets user@domain.xml per account (what "
+                             "prosody-migrator reads)")
+    import_ = commands.add_parser("import", help="create accounts from XEP-0227 XML (xmppctl export, "
+                                                 "prosody-migrator, ejabberdctl export_piefxis)")
+    import_.add_argument("files", nargs="+", metavar="FILE", help="XEP-0227 files (Prosody writes one per user)")
+    import_.add_argument("--existing", choices=("refuse", "skip", "replace"), default="refuse",
+                         help="accounts that exist already: import nothing (default), leave them alone, or "
+                              "delete them with all their data and import the file's")
     cert = commands.add_parser("cert", help="certificates")
     cert_commands = cert.add_subparsers(dest="cert_command", required=True, metavar="COMMAND")
     generate = cert_commands.add_parser("generate", help="make a self-signed certificate for the domain")
@@ -254,6 +268,62 @@ def push(config, args) -> int:
     return 0
 
 
+def export(config, args) -> int:
+    from .portable import PortableError, export_accounts, export_per_account, private_file
+
+    usernames = None if args.users is None else [_username(config, jid) for jid in args.users]
+    domain = config.server.domain
+    if args.one_file_per_account and args.file == "-":
+        raise UserError("--one-file-per-account writes into a directory, not to standard output")
+    try:
+        if args.one_file_per_account:
+            os.makedirs(args.file, mode=0o700, exist_ok=True)
+            summary = _with_storage(config, lambda storage: export_per_account(storage, domain, args.file, usernames))
+        elif args.file == "-":
+            summary = _with_storage(config, lambda storage: export_accounts(storage, domain, sys.stdout.buffer,
+                                                                            usernames))
+            sys.stdout.buffer.flush()
+        else:
+            with private_file(args.file) as out:
+                summary = _with_storage(config, lambda storage: export_accounts(storage, domain, out, usernames))
+    except (PortableError, OSError) as error:
+        raise UserError(f"export failed: {error}") from None
+    # With '-' the XML goes to standard output, so the summary goes to standard error.
+    print(summary.line("exported") + ("" if args.file == "-" else f" to {args.file}"),
+          file=sys.stderr if args.file == "-" else sys.stdout)
+    return 0
+
+
+def import_(config, args) -> int:
+    from .portable import PortableError, Summary, import_accounts, read_files
+    from .storage import StorageError
+
+    summary = Summary()
+    try:
+        accounts = read_files(args.files, config.server.domain, config.auth.scram_iterations, summary.notes)
+    except PortableError as error:
+        raise UserError(f"nothing imported: {error}") from None
+    for line in summary.notes.lines():
+        print(f"xmppctl: warning: {line}", file=sys.stderr)
+    if not accounts:
+        raise UserError(f"nothing imported: no accounts of {config.server.domain} in {', '.join(args.files)}")
+
+    async def work(storage):
+        try:
+            await import_accounts(storage, accounts, config.server.domain, args.existing, summary)
+        except StorageError as error:
+            print(summary.line("imported"), file=sys.stderr)
+            raise UserError(f"import stopped: {error}; the accounts counted above are in, the failing one was "
+                            "removed again (run the import again with --existing=skip to go on)") from None
+
+    try:
+        _with_storage(config, work)
+    except PortableError as error:
+        raise UserError(str(error)) from None
+    print(summary.line("imported"))
+    return 0
+
+
 def check_config(config, args) -> int:
     print(f"# {config.path}: OK")
     print(render_config(config), end="")
@@ -276,7 +346,8 @@ def cert(config, args) -> int:
 
 
 COMMANDS = {"adduser": adduser, "passwd": passwd, "deluser": deluser, "listusers": listusers,
-            "check-config": check_config, "cert": cert, "push": push, "status": status, "kick": kick}
+            "check-config": check_config, "cert": cert, "push": push, "status": status, "kick": kick,
+            "export": export, "import": import_}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -208,8 +208,9 @@ def _decode_utf8(data: bytes) -> str:
 
 
 class _Plain(Mechanism):
-    """RFC 4616. Verified against the SCRAM-SHA-256 credentials (the caller passes those for PLAIN) by
-    deriving the StoredKey from the offered password with the stored salt and iteration count."""
+    """RFC 4616. Verified against the SCRAM-SHA-256 credentials (or the SCRAM-SHA-1 ones of an account that
+    has only those: imported from Prosody) by deriving the StoredKey from the offered password with the
+    stored salt and iteration count."""
 
     name = "PLAIN"
 
@@ -234,12 +235,17 @@ class _Plain(Mechanism):
             # Same PBKDF2 work as for a real user, so timing does not tell them apart.
             credentials = fake_credentials(self._fake_secret, self._authcid, "SCRAM-SHA-256", self._iterations)
         password, self._password = self._password, None
-        _, stored_key, _, _ = ScramMechanism("SCRAM-SHA-256").make_auth_info(
+        _, stored_key, _, _ = ScramMechanism(_mechanism_of(credentials)).make_auth_info(
             password, iteration_count=credentials.iterations, salt=credentials.salt
         )
         if hmac.compare_digest(stored_key, credentials.stored_key) and exists:
             return Success(self._authcid, self._authzid, None)
         return Failure("not-authorized", _NOT_AUTHORIZED_TEXT)
+
+
+def _mechanism_of(credentials: ScramCredentials) -> str:
+    """The SCRAM hash the keys were made with: a StoredKey is one digest long (20 bytes SHA-1, 32 SHA-256)."""
+    return "SCRAM-SHA-1" if len(credentials.stored_key) == hashlib.sha1().digest_size else "SCRAM-SHA-256"
 
 
 def _decode_saslname(value: str) -> str:

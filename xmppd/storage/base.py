@@ -83,6 +83,11 @@ class Storage(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def set_roster_items(self, username: str, items: Sequence[RosterItem]) -> int:
+        """set_roster_item for many items in one transaction and one version bump (xmppctl import); returns
+        the new roster version (the current one for no items)."""
+
+    @abc.abstractmethod
     async def delete_roster_item(self, username: str, jid: str) -> int | None:
         """Remove an item; returns the new roster version, None if there was no such item."""
 

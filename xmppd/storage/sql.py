@@ -121,6 +121,12 @@ class SQLStorage(Storage):
             raise ValueError(f"subscription must be one of {SUBSCRIPTIONS}, not {item.subscription!r}")
         return await self._run(_set_roster_item, username, item)
 
+    async def set_roster_items(self, username: str, items: Sequence[RosterItem]) -> int:
+        for item in items:
+            if item.subscription not in SUBSCRIPTIONS:
+                raise ValueError(f"subscription must be one of {SUBSCRIPTIONS}, not {item.subscription!r}")
+        return await self._run(_set_roster_items, username, list(items))
+
     async def delete_roster_item(self, username: str, jid: str) -> int | None:
         return await self._run(_delete_roster_item, username, jid)
 
@@ -390,6 +396,21 @@ def _bump_roster_version(username):
 
 @atomic
 def _set_roster_item(username, item):
+    yield from _write_roster_item(username, item)
+    # The item's foreign key held the users row against deletion, so the row is there.
+    return (yield from _bump_roster_version(username))
+
+
+@atomic
+def _set_roster_items(username, items):
+    for item in items:
+        yield from _write_roster_item(username, item)
+    if not items:
+        return (yield from _get_roster_version(username))
+    return (yield from _bump_roster_version(username))
+
+
+def _write_roster_item(username, item):
     yield execute(
         "INSERT INTO roster_items (username, jid, name, subscription, ask, approved)"
         " VALUES (?, ?, ?, ?, ?, ?)"
@@ -409,8 +430,6 @@ def _set_roster_item(username, item):
             "INSERT INTO roster_groups (username, jid, group_name) VALUES (?, ?, ?)",
             [(username, item.jid, group) for group in groups],
         )
-    # The item's foreign key held the users row against deletion, so the row is there.
-    return (yield from _bump_roster_version(username))
 
 
 @atomic
