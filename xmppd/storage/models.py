@@ -100,3 +100,14 @@ class AppServerRegistration:
     def style(self) -> str:
         """"p2" (registered with an ad-hoc command, has a secret) or "module" (Monal/fpush pushModule)."""
         return "module" if self.secret is None else "p2"
+
+
+@dataclass(frozen=True, slots=True)
+class PepItem:
+    """One item of a PEP node (pep.py): its id, the serialised payload element, who published it
+    (a full JID of the owner) and when (aware UTC)."""
+
+    item_id: str
+    payload: str
+    publisher: str
+    published_at: datetime
