@@ -28,7 +28,8 @@ from . import jid
 
 # Optional feature modules an operator may enable; the server imports this
 # tuple too, so the set of names lives only here.
-OPTIONAL_MODULES = ("version", "vcard", "register", "offline", "csi", "stream_mgmt", "push", "appserver")
+OPTIONAL_MODULES = ("version", "vcard", "register", "offline", "csi", "stream_mgmt", "push", "appserver", "pep",
+                    "private")
 
 # SASL mechanisms the server implements (the -PLUS variants follow
 # auth.channel_binding rather than being listed).
@@ -507,7 +508,7 @@ class ModulesConfig:
     """Optional features; the core protocol is always on."""
 
     enabled: tuple[str, ...] = _option(
-        ("version", "vcard", "offline", "csi", "stream_mgmt", "push"),
+        ("version", "vcard", "offline", "csi", "stream_mgmt", "push", "pep", "private"),
         Strings("distinct names", choices=OPTIONAL_MODULES),
         "Optional modules to load: version (XEP-0092), vcard (XEP-0054), "
         "register (XEP-0077 in-band registration: anyone who can connect can create "
@@ -518,7 +519,9 @@ class ModulesConfig:
         "(XEP-0198: acknowledgements, and sessions that survive a broken connection and "
         "are resumed; it loads offline too), push (XEP-0357: wake a sleeping phone through "
         "its push app server; see [push]), appserver (the built-in push app server on "
-        "[appserver] domain, which sends to APNs and FCM; see [appserver]).")
+        "[appserver] domain, which sends to APNs and FCM; see [appserver]), pep (XEP-0163: "
+        "each account a pubsub service for OMEMO keys, avatars, bookmarks; see [pep]), "
+        "private (XEP-0049 private XML storage: bookmarks of older clients).")
 
 
 @dataclass(frozen=True)
@@ -565,6 +568,18 @@ class OfflineConfig:
         1000, Int(1, 1000000, "messages"),
         "Messages kept for one account while it is offline; when full, senders get "
         "<resource-constraint/> and nothing is dropped silently.")
+
+
+@dataclass(frozen=True)
+class PepConfig:
+    """Settings of the pep module (XEP-0163 Personal Eventing Protocol)."""
+
+    max_items: int = _option(
+        256, Int(1, 100000, "items"),
+        "Most items one node keeps; a client asking for max_items 'max' gets this many.")
+    max_nodes: int = _option(
+        256, Int(1, 100000, "nodes"),
+        "Most nodes one account may have (OMEMO needs one per device and version).")
 
 
 @dataclass(frozen=True)
@@ -782,6 +797,7 @@ class Config:
     stream_mgmt: StreamMgmtConfig = field(default_factory=StreamMgmtConfig)
     push: PushConfig = field(default_factory=PushConfig)
     appserver: AppServerConfig = field(default_factory=AppServerConfig)
+    pep: PepConfig = field(default_factory=PepConfig)
 
 
 @dataclass(frozen=True)

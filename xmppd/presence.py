@@ -112,6 +112,9 @@ class Presence:
         if session.closed:
             return
         self._broadcast(session, stanza, items)
+        # Entity caps and PEP's last items (caps.py, pep.py) follow, without holding up this stanza.
+        self.server.schedule(self.server.fire("presence-available", session, stanza),
+                             f"presence-available hooks for {session.full}")
         if not initial:
             return
         # RFC 6121 §4.2.2: probe the contacts we are subscribed to; locally that is answering the probe.

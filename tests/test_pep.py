@@ -1,0 +1,333 @@
+"""XEP-0163 PEP over real sockets with slixmpp (XEP-0060 publish, items, retract, configure, delete; XEP-0115
+filtered notifications; last item at presence), XEP-0402/XEP-0049 bookmarks, on both backends."""
+
+from __future__ import annotations
+
+import asyncio
+import xml.etree.ElementTree as ET
+
+import pytest
+from slixmpp.exceptions import IqError
+
+from tests.harness import Client, iq_error_condition, run
+from tests.test_im import next_of_type, wait_for_own_presence
+
+TUNE = "http://jabber.org/protocol/tune"
+BOOKMARKS = "urn:xmpp:bookmarks:1"
+ERRORS = "{http://jabber.org/protocol/pubsub#errors}"
+
+
+class PepClient(Client):
+    """A client with pubsub, entity caps and PEP interests (NODE+notify in its caps)."""
+
+    def __init__(self, server, jid, password, interests=()) -> None:
+        super().__init__(server, jid, password)
+        for plugin in ("xep_0004", "xep_0060", "xep_0115", "xep_0163"):
+            self.register_plugin(plugin)
+        self.interests = list(interests)
+        self.events: asyncio.Queue = asyncio.Queue()
+        for kind in ("publish", "retract", "purge", "delete"):
+            self.add_event_handler(f"pubsub_{kind}", lambda msg, kind=kind: self.events.put_nowait((kind, msg)))
+
+    async def online(self) -> "PepClient":
+        await self.login()
+        if self.interests:
+            self.plugin["xep_0163"].add_interest(self.interests)
+            await self.plugin["xep_0115"].update_caps(broadcast=False)
+        await self.get_roster(timeout=5)
+        self.send_presence()
+        await wait_for_own_presence(self)
+        return self
+
+    async def next_event(self, kind: str, node: str, timeout: float = 10.0):
+        while True:
+            got, message = await asyncio.wait_for(self.events.get(), timeout)
+            if got == kind and message["pubsub_event"][kind if kind in ("purge", "delete") else "items"]["node"] == node:
+                return message
+
+    async def no_event(self, seconds: float = 1.0) -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(self.events.get(), seconds)
+
+
+def tune(title: str) -> ET.Element:
+    element = ET.Element(f"{{{TUNE}}}tune")
+    ET.SubElement(element, f"{{{TUNE}}}title").text = title
+    return element
+
+
+def options(**values: str):
+    """A publish-options or node_config form (type submit)."""
+    from slixmpp.plugins.xep_0004 import Form
+    form = Form()
+    form["type"] = "submit"
+    form.add_field(var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/pubsub#publish-options")
+    for var, value in values.items():
+        form.add_field(var=f"pubsub#{var}", value=value)
+    return form
+
+
+def error_of(error: IqError) -> tuple[str, str | None]:
+    """(defined condition, pubsub#errors condition or None)."""
+    app = [child.tag for child in error.iq["error"].xml if child.tag.startswith(ERRORS)]
+    return error.iq["error"]["condition"], app[0][len(ERRORS):] if app else None
+
+
+async def befriend(a: Client, b: Client) -> None:
+    """Mutual presence subscription between two online clients."""
+    for one, other in ((a, b), (b, a)):
+        one.send_presence(pto=other.boundjid.bare, ptype="subscribe")
+        await next_of_type(other.presences, "subscribe")
+        other.send_presence(pto=one.boundjid.bare, ptype="subscribed")
+        await next_of_type(one.presences, "subscribed")
+
+
+async def private(client: Client, iq_type: str, element: ET.Element | None = None, to: str | None = None):
+    """A XEP-0049 get or set with one element (or none); the element that came back, for a get."""
+    iq = client.Iq(stype=iq_type, sto=to)
+    query = ET.SubElement(iq.xml, "{jabber:iq:private}query")
+    if element is not None:
+        query.append(element)
+    result = await iq.send(timeout=5)
+    answer = result.xml.find("{jabber:iq:private}query")
+    return answer[0] if answer is not None and len(answer) else None
+
+
+def item_titles(result) -> list[str]:
+    return [item["payload"].find(f"{{{TUNE}}}title").text for item in result["pubsub"]["items"]]
+
+
+def test_publish_reaches_subscribed_resources_with_interest(xmppd, account):
+    (alice, pa), (bob, pb), (carol, pc) = account("alice"), account("bob"), account("carol")
+
+    async def scenario():
+        a = await PepClient(xmppd, alice, pa, [TUNE]).online()
+        b = await PepClient(xmppd, bob, pb).online()
+        await befriend(a, b)
+        await a.plugin["xep_0060"].publish(alice, TUNE, id="t1", payload=tune("first"), timeout=5)
+        own = await a.next_event("publish", TUNE)          # the owner's resource with +notify
+        assert own["from"] == alice and own["type"] == "headline"
+        # Bob's new resource says it wants tunes: it gets the last item at once, stamped with its time.
+        b2 = await PepClient(xmppd, bob, pb, [TUNE]).online()
+        last = await b2.next_event("publish", TUNE)
+        assert last["pubsub_event"]["items"]["item"]["id"] == "t1"
+        assert last.xml.find("{urn:xmpp:delay}delay").get("stamp")
+        # Live notifications: b2 gets the next one, b (no +notify) and carol (no subscription) get nothing.
+        c = await PepClient(xmppd, carol, pc, [TUNE]).online()
+        await a.plugin["xep_0060"].publish(alice, TUNE, id="t2", payload=tune("second"), timeout=5)
+        live = await b2.next_event("publish", TUNE)
+        item = live["pubsub_event"]["items"]["item"]
+        assert item["id"] == "t2" and item["payload"].find(f"{{{TUNE}}}title").text == "second"
+        assert live.xml.find("{http://jabber.org/protocol/address}addresses") is not None   # replyto: publisher
+        await b.no_event()
+        await c.no_event(0.2)
+        for client in (a, b, b2, c):
+            await client.close()
+
+    run(scenario())
+
+
+def test_items_access_models_and_errors(xmppd, account):
+    (alice, pa), (bob, pb), (carol, pc) = account("alice"), account("bob"), account("carol")
+
+    async def scenario():
+        a = await PepClient(xmppd, alice, pa).online()
+        b = await PepClient(xmppd, bob, pb).online()
+        c = await PepClient(xmppd, carol, pc).online()
+        await befriend(a, b)
+        pubsub = a.plugin["xep_0060"]
+        await pubsub.publish(alice, "urn:example:presence", id="p", payload=tune("for contacts"), timeout=5)
+        await pubsub.publish(alice, "urn:example:open", id="o", payload=tune("for all"),
+                             options=options(access_model="open"), timeout=5)
+        await pubsub.publish(alice, "urn:example:secret", id="s", payload=tune("for me"),
+                             options=options(access_model="whitelist"), timeout=5)
+        # The default access model is presence: Bob (subscribed) reads, Carol does not.
+        got = await b.plugin["xep_0060"].get_items(alice, "urn:example:presence", timeout=5)
+        assert item_titles(got) == ["for contacts"]
+        with pytest.raises(IqError) as caught:
+            await c.plugin["xep_0060"].get_items(alice, "urn:example:presence", timeout=5)
+        assert error_of(caught.value) == ("not-authorized", "presence-subscription-required")
+        assert item_titles(await c.plugin["xep_0060"].get_items(alice, "urn:example:open", timeout=5)) == ["for all"]
+        with pytest.raises(IqError) as caught:
+            await b.plugin["xep_0060"].get_items(alice, "urn:example:secret", timeout=5)
+        assert error_of(caught.value) == ("not-allowed", "closed-node")
+        assert item_titles(await pubsub.get_items(alice, "urn:example:secret", timeout=5)) == ["for me"]
+        # No such node; someone else publishing; a publish without an item.
+        with pytest.raises(IqError) as caught:
+            await b.plugin["xep_0060"].get_items(alice, "urn:example:none", timeout=5)
+        assert error_of(caught.value)[0] == "item-not-found"
+        with pytest.raises(IqError) as caught:
+            await b.plugin["xep_0060"].publish(alice, "urn:example:open", payload=tune("mine"), timeout=5)
+        assert error_of(caught.value)[0] == "forbidden"
+        with pytest.raises(IqError) as caught:
+            await pubsub.publish(alice, "urn:example:open", timeout=5)
+        assert error_of(caught.value) == ("bad-request", "item-required")
+        # Explicit subscriptions are not how PEP works here: said so, with the feature named.
+        with pytest.raises(IqError) as caught:
+            await c.plugin["xep_0060"].subscribe(alice, "urn:example:open", timeout=5)
+        assert error_of(caught.value) == ("feature-not-implemented", "unsupported")
+        # A stranger learns nothing from disco#items; a contact sees what it may read; the owner everything.
+        assert await iq_error_condition(c.plugin["xep_0030"].get_items(jid=alice, timeout=5)) == \
+            "service-unavailable"
+        seen = await b.plugin["xep_0030"].get_items(jid=alice, timeout=5)
+        assert {node for _, node, _ in seen["disco_items"]["items"]} == {"urn:example:presence", "urn:example:open"}
+        own = await a.plugin["xep_0030"].get_items(jid=alice, timeout=5)
+        assert len(own["disco_items"]["items"]) == 3
+        for client in (a, b, c):
+            await client.close()
+
+    run(scenario())
+
+
+def test_publish_options_preconditions_and_configuration(xmppd, account):
+    alice, pa = account("alice")
+
+    async def scenario():
+        a = await PepClient(xmppd, alice, pa).online()
+        pubsub = a.plugin["xep_0060"]
+        info = await a.plugin["xep_0030"].get_info(jid=alice, timeout=5)
+        assert ("pubsub", "pep", None, None) in info["disco_info"]["identities"]
+        assert "http://jabber.org/protocol/pubsub#publish-options" in info["disco_info"]["features"]
+        await pubsub.publish(alice, "urn:example:n", id="1", payload=tune("one"),
+                             options=options(access_model="open", max_items="max"), timeout=5)
+        # The same options again are met; different ones are not (the client may reconfigure and retry).
+        await pubsub.publish(alice, "urn:example:n", id="2", payload=tune("two"),
+                             options=options(access_model="open"), timeout=5)
+        with pytest.raises(IqError) as caught:
+            await pubsub.publish(alice, "urn:example:n", id="3", payload=tune("three"),
+                                 options=options(access_model="whitelist"), timeout=5)
+        assert error_of(caught.value) == ("conflict", "precondition-not-met")
+        with pytest.raises(IqError) as caught:
+            await pubsub.publish(alice, "urn:example:n", id="3", payload=tune("three"),
+                                 options=options(no_such_option="1"), timeout=5)
+        assert error_of(caught.value) == ("conflict", "precondition-not-met")
+        # The owner reads and changes the configuration.
+        config = await pubsub.get_node_config(alice, "urn:example:n", timeout=5)
+        form = config["pubsub_owner"]["configure"]["form"]
+        assert form.get_values()["pubsub#access_model"] == "open"
+        assert form.get_values()["pubsub#max_items"] == "256"          # 'max' is the server's limit
+        new = options(access_model="whitelist", max_items="1")
+        new.get_fields()["FORM_TYPE"]["value"] = "http://jabber.org/protocol/pubsub#node_config"
+        await pubsub.set_node_config(alice, "urn:example:n", new, timeout=5)
+        result = await pubsub.get_items(alice, "urn:example:n", timeout=5)
+        assert item_titles(result) == ["two"]                           # trimmed to max_items
+        await pubsub.publish(alice, "urn:example:n", id="3", payload=tune("three"),
+                             options=options(access_model="whitelist"), timeout=5)
+        bad = options(access_model="everyone")
+        bad.get_fields()["FORM_TYPE"]["value"] = "http://jabber.org/protocol/pubsub#node_config"
+        with pytest.raises(IqError) as caught:
+            await pubsub.set_node_config(alice, "urn:example:n", bad, timeout=5)
+        assert error_of(caught.value)[0] == "not-acceptable"
+        # Explicit creation: a second one is a conflict.
+        await pubsub.create_node(alice, "urn:example:made", timeout=5)
+        with pytest.raises(IqError) as caught:
+            await pubsub.create_node(alice, "urn:example:made", timeout=5)
+        assert error_of(caught.value)[0] == "conflict"
+        await a.close()
+
+    run(scenario())
+
+
+def test_history_retract_purge_delete_notify(xmppd, account):
+    (alice, pa), (bob, pb) = account("alice"), account("bob")
+    node = "urn:example:history"
+
+    async def scenario():
+        a = await PepClient(xmppd, alice, pa).online()
+        b = await PepClient(xmppd, bob, pb).online()
+        await befriend(a, b)
+        pubsub = a.plugin["xep_0060"]
+        for n in range(5):
+            await pubsub.publish(alice, node, id=str(n), payload=tune(f"song {n}"),
+                                 options=options(max_items="3"), timeout=5)
+        # Bob's resource with interest gets the last item, which proves the server knows its caps.
+        b2 = await PepClient(xmppd, bob, pb, [node]).online()
+        assert (await b2.next_event("publish", node))["pubsub_event"]["items"]["item"]["id"] == "4"
+        reader = b.plugin["xep_0060"]
+        assert item_titles(await reader.get_items(alice, node, timeout=5)) == ["song 2", "song 3", "song 4"]
+        assert item_titles(await reader.get_items(alice, node, max_items=1, timeout=5)) == ["song 4"]
+        assert item_titles(await reader.get_items(alice, node, item_ids=["2", "9"], timeout=5)) == ["song 2"]
+        await pubsub.retract(alice, node, "3", notify=True, timeout=5)
+        retracted = await b2.next_event("retract", node)
+        assert retracted["pubsub_event"]["items"]["retract"]["id"] == "3"
+        with pytest.raises(IqError) as caught:
+            await pubsub.retract(alice, node, "3", timeout=5)
+        assert error_of(caught.value)[0] == "item-not-found"
+        await pubsub.purge(alice, node, timeout=5)
+        await b2.next_event("purge", node)
+        assert item_titles(await reader.get_items(alice, node, timeout=5)) == []
+        await pubsub.delete_node(alice, node, timeout=5)
+        await b2.next_event("delete", node)
+        with pytest.raises(IqError) as caught:
+            await reader.get_items(alice, node, timeout=5)
+        assert error_of(caught.value)[0] == "item-not-found"
+        for client in (a, b, b2):
+            await client.close()
+
+    run(scenario())
+
+
+def test_items_outlive_a_restart_and_notes_without_persistence_do_not(xmppd, account):
+    alice, pa = account("alice")
+
+    async def scenario():
+        a = await PepClient(xmppd, alice, pa, ["urn:example:kept", "urn:example:volatile"]).online()
+        pubsub = a.plugin["xep_0060"]
+        await pubsub.publish(alice, "urn:example:kept", id="k", payload=tune("kept"), timeout=5)
+        await pubsub.publish(alice, "urn:example:volatile", id="v", payload=tune("fleeting"),
+                             options=options(persist_items="false"), timeout=5)
+        assert item_titles(await pubsub.get_items(alice, "urn:example:volatile", timeout=5)) == ["fleeting"]
+        await a.close()
+
+    run(scenario())
+    xmppd.restart()
+
+    async def after():
+        a = await PepClient(xmppd, alice, pa, ["urn:example:kept"]).online()
+        # The owner's own new resource gets the last item of the node it is interested in.
+        assert (await a.next_event("publish", "urn:example:kept"))["pubsub_event"]["items"]["item"]["id"] == "k"
+        assert item_titles(await a.plugin["xep_0060"].get_items(alice, "urn:example:volatile", timeout=5)) == []
+        await a.close()
+
+    run(after())
+
+
+def test_bookmarks_pep_and_private_storage(xmppd, account):
+    (alice, pa), (bob, pb) = account("alice"), account("bob")
+
+    async def scenario():
+        a = await PepClient(xmppd, alice, pa).online()
+        b = await PepClient(xmppd, bob, pb).online()
+        await befriend(a, b)
+        # XEP-0402: one item per room, whitelist, as many as the server keeps.
+        conference = ET.Element(f"{{{BOOKMARKS}}}conference", autojoin="true", name="Coven")
+        ET.SubElement(conference, f"{{{BOOKMARKS}}}nick").text = "alice"
+        pubsub = a.plugin["xep_0060"]
+        await pubsub.publish(alice, BOOKMARKS, id="coven@muc.example.org", payload=conference,
+                             options=options(persist_items="true", access_model="whitelist", max_items="max",
+                                             send_last_published_item="never"), timeout=5)
+        second = ET.Element(f"{{{BOOKMARKS}}}conference", name="Other")
+        await pubsub.publish(alice, BOOKMARKS, id="other@muc.example.org", payload=second,
+                             options=options(access_model="whitelist"), timeout=5)
+        items = (await pubsub.get_items(alice, BOOKMARKS, timeout=5))["pubsub"]["items"]
+        assert [item["id"] for item in items] == ["coven@muc.example.org", "other@muc.example.org"]
+        with pytest.raises(IqError) as caught:
+            await b.plugin["xep_0060"].get_items(alice, BOOKMARKS, timeout=5)
+        assert error_of(caught.value) == ("not-allowed", "closed-node")
+        # XEP-0049 for older clients (XEP-0048 storage:bookmarks).
+        empty = await private(a, "get", ET.Element("{storage:bookmarks}storage"))
+        assert empty.tag == "{storage:bookmarks}storage" and len(empty) == 0
+        storage = ET.Element("{storage:bookmarks}storage")
+        ET.SubElement(storage, "{storage:bookmarks}conference", jid="coven@muc.example.org", name="Coven")
+        await private(a, "set", storage)
+        stored = await private(a, "get", ET.Element("{storage:bookmarks}storage"))
+        assert stored[0].get("jid") == "coven@muc.example.org"
+        # Bob cannot read it; a jabber: namespace is not private data; one element per query.
+        assert await iq_error_condition(private(b, "get", ET.Element("{storage:bookmarks}storage"), to=alice)) == \
+            "service-unavailable"
+        assert await iq_error_condition(private(a, "set", ET.Element("{jabber:iq:roster}query"))) == "not-acceptable"
+        assert await iq_error_condition(private(a, "get")) == "bad-request"
+        for client in (a, b):
+            await client.close()
+
+    run(scenario())
