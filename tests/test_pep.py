@@ -33,7 +33,7 @@ class PepClient(Client):
         await self.login()
         if self.interests:
             self.plugin["xep_0163"].add_interest(self.interests)
-            await self.plugin["xep_0115"].update_caps(broadcast=False)
+        await self.plugin["xep_0115"].update_caps(broadcast=False)   # caps go out with presence from now on
         await self.get_roster(timeout=5)
         self.send_presence()
         await wait_for_own_presence(self)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Iterable
 
 from lxml import etree
 
+from .dataforms import NS_DATA
 from .jid import JID, InvalidJID
 from .pep_config import (NODE_CONFIG, NS_PUBSUB, PUBLISH_OPTIONS, BadOption, NodeConfig, apply, config_form,
                          form_values, unmet_precondition)
@@ -51,7 +52,6 @@ NS_OWNER = f"{NS_PUBSUB}#owner"
 NS_EVENT = f"{NS_PUBSUB}#event"
 NS_ERRORS = f"{NS_PUBSUB}#errors"
 NS_ADDRESS = "http://jabber.org/protocol/address"
-NS_DATA = "jabber:x:data"
 NOTIFY_SUFFIX = "+notify"
 
 # Longest node name and item id accepted: far above any real one (OMEMO bundle nodes are the longest).
@@ -101,6 +101,7 @@ class Pep:
         server.add_iq_handler(qname(NS_OWNER, "pubsub"), self.handle_owner, scopes=(SCOPE_ACCOUNT,))
         server.module("disco").add_account_items(self.disco_items)
         server.on("caps-changed", self._caps_changed)
+        server.on("new-subscriber", self._new_subscriber)
         server.on("account-deleted", self._forget_account)
 
     # ================================================================ iq entry points
@@ -368,6 +369,21 @@ class Pep:
                 owner = JID.parse(item.jid).local
                 their_item = await self.storage.get_roster_item(owner, session.bare)
                 await self._send_last_items(owner, session, interests, their_item)
+
+    async def _new_subscriber(self, user: str, contact: JID) -> None:
+        """XEP-0163 §4.3.4: a contact that gains presence access gets the last items at once, on each of its
+        resources that wants them."""
+        if not self.server.is_local(contact) or contact.local is None:
+            return
+        owner = JID.parse(user).local
+        sessions = [s for s in self.server.available_sessions(str(contact.bare)) if s.priority >= 0]
+        if not sessions:
+            return
+        item = await self.storage.get_roster_item(owner, str(contact.bare))
+        for session in sessions:
+            interests = {f[:-len(NOTIFY_SUFFIX)] for f in self.caps.features(session) if f.endswith(NOTIFY_SUFFIX)}
+            if interests:
+                await self._send_last_items(owner, session, interests, item)
 
     async def _send_last_items(self, owner: str, session: "Session", interests: set[str],
                                contact: RosterItem | None) -> None:
