@@ -153,7 +153,7 @@ def unmet_precondition(config: NodeConfig, values: dict[str, list[str]], cap: in
         return str(error)
     for var, (attribute, _, _) in OPTIONS.items():
         if getattr(wanted, attribute) != getattr(config, attribute):
-            return f"{var} of the node is {_values(getattr(config, attribute))}"
+            return f"{var} of the node is {', '.join(_values(getattr(config, attribute))) or 'empty'}"
     return None
 
 
