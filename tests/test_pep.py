@@ -331,3 +331,39 @@ def test_bookmarks_pep_and_private_storage(xmppd, account):
             await client.close()
 
     run(scenario())
+
+
+def test_avatar_published_through_pep_becomes_the_vcard_photo(xmppd, account):
+    (alice, pa), (bob, pb) = account("alice"), account("bob")
+    image = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+    avatar_id = "4d1e2b0e8a7b55f4b1c1e59c27b7b3c3b93f9c8e"
+
+    async def scenario():
+        a = await PepClient(xmppd, alice, pa).online()
+        b = await PepClient(xmppd, bob, pb).online()
+        info = await a.plugin["xep_0030"].get_info(jid=alice, timeout=5)
+        assert "urn:xmpp:pep-vcard-conversion:0" in info["disco_info"]["features"]
+        vcard = a.plugin["xep_0054"].make_vcard()
+        vcard["FN"] = "Alice Example"
+        await a.plugin["xep_0054"].publish_vcard(vcard, timeout=5)
+        data = ET.Element("{urn:xmpp:avatar:data}data")
+        data.text = image
+        pubsub = a.plugin["xep_0060"]
+        await pubsub.publish(alice, "urn:xmpp:avatar:data", id=avatar_id, payload=data, timeout=5)
+        metadata = ET.Element("{urn:xmpp:avatar:metadata}metadata")
+        ET.SubElement(metadata, "{urn:xmpp:avatar:metadata}info", id=avatar_id, type="image/png", bytes="70",
+                      width="1", height="1")
+        await pubsub.publish(alice, "urn:xmpp:avatar:metadata", id=avatar_id, payload=metadata, timeout=5)
+        card = (await b.plugin["xep_0054"].get_vcard(jid=alice, cached=False, timeout=5))["vcard_temp"]
+        assert card["FN"] == "Alice Example"                     # the rest of the vCard is kept
+        assert card["PHOTO"]["TYPE"] == "image/png"
+        assert card["PHOTO"].xml.findtext("{vcard-temp}BINVAL") == image
+        # Empty metadata: the avatar is gone, from the vCard too.
+        await pubsub.publish(alice, "urn:xmpp:avatar:metadata", id="none",
+                             payload=ET.Element("{urn:xmpp:avatar:metadata}metadata"), timeout=5)
+        card = (await b.plugin["xep_0054"].get_vcard(jid=alice, cached=False, timeout=5))["vcard_temp"]
+        assert card.xml.find("{vcard-temp}PHOTO") is None and card["FN"] == "Alice Example"
+        for client in (a, b):
+            await client.close()
+
+    run(scenario())

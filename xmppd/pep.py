@@ -91,6 +91,8 @@ class Pep:
         self.max_nodes = server.config.pep.max_nodes
         server.load_modules(("caps",))
         self.caps = server.module("caps")
+        if "vcard" in server.modules:
+            server.load_modules(("avatar_conversion",))   # XEP-0398: a PEP avatar becomes the vCard's PHOTO
         # Last items of nodes without persist_items: (username, node) -> item.
         self._volatile: dict[tuple[str, str], PepItem] = {}
         server.add_identity("pubsub", "pep", scope=SCOPE_ACCOUNT)
@@ -214,6 +216,11 @@ class Pep:
         else:
             await self.storage.pep_create_node(owner, node, config.to_json())
             self._volatile[(owner, node)] = item
+        for pending in self.server.fire("pep-published", owner, node, item):
+            try:
+                await pending   # before the answer, so that what follows from a publish is there when it is
+            except Exception:
+                log.exception("pep-published hook failed for %s's node %s", owner, node)
         event = _event("items", node)
         event[0].append(_item_element(NS_EVENT, item))
         await self._notify(owner, node, config, event, publisher)

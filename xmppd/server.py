@@ -157,7 +157,8 @@ class Server:
         account waits in a hibernated session's queue or in offline storage), 'presence-available'
         (session, presence: every available presence a client broadcasts), 'caps-changed' (session,
         features, previous features: caps.py learnt what the client supports), 'new-subscriber' (user's bare
-        JID, contact JID: the contact now has a subscription to the user's presence)."""
+        JID, contact JID: the contact now has a subscription to the user's presence), 'pep-published'
+        (username, node, PepItem: awaited before the publish is answered)."""
         self._hooks[event].append(callback)
 
     def fire(self, event: str, *args: Any) -> list[Awaitable]:
