@@ -4,13 +4,18 @@ filtered notifications; last item at presence), XEP-0402/XEP-0049 bookmarks, on 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import xml.etree.ElementTree as ET
 
 import pytest
 from slixmpp.exceptions import IqError
 
+from tests.conftest import start_xmppd
 from tests.harness import Client, iq_error_condition, run
+from tests.lean_client import LeanClient, random_password
+from tests.storage_fixtures import BACKENDS
 from tests.test_im import next_of_type, wait_for_own_presence
+from tests.test_push import enable_push, fakes  # noqa: F401  (the fake APNs and FCM fixture)
 
 TUNE = "http://jabber.org/protocol/tune"
 BOOKMARKS = "urn:xmpp:bookmarks:1"
@@ -365,5 +370,71 @@ def test_avatar_published_through_pep_becomes_the_vcard_photo(xmppd, account):
         assert card.xml.find("{vcard-temp}PHOTO") is None and card["FN"] == "Alice Example"
         for client in (a, b):
             await client.close()
+
+    run(scenario())
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def xmppd_with_push(request, tmp_path_factory, certificate, fakes):
+    apns, fcm, directory = fakes
+    return start_xmppd(request, tmp_path_factory, certificate, request.param, f"""require_encryption = false
+
+[modules]
+enabled = ["offline", "stream_mgmt", "push", "appserver", "pep"]
+
+[push]
+coalesce_window = 0.5
+
+[appserver]
+default_apns_app = "ios"
+default_fcm_app = "droid"
+
+{apns.app_toml("ios", directory / "apns.p8", push_modules=["exampleProdiOS"])}
+{fcm.app_toml("droid", directory / "fcm.json")}""")
+
+
+def test_a_sleeping_phone_is_not_woken_for_a_notification_and_gets_it_on_resumption(xmppd_with_push, fakes):
+    apns = fakes[0]
+    xmppd = xmppd_with_push
+    password = random_password()
+    alice = xmppd.add_user(f"alice-{secrets.token_hex(4)}", password)
+    bob_jid = xmppd.add_user(f"bob-{secrets.token_hex(4)}", password)
+    node = "http://jabber.org/protocol/mood"
+
+    def headlines(phone: LeanClient) -> list:
+        return [m for m in phone.received if m.type == "headline" and m.from_ == alice]
+
+    async def scenario():
+        laptop = await PepClient(xmppd, alice, password).online()
+        mood = ET.Element(f"{{{node}}}mood")
+        ET.SubElement(mood, f"{{{node}}}happy")
+        await laptop.plugin["xep_0060"].publish(alice, node, id="m1", payload=mood, timeout=5)
+        # The phone wants moods (caps), gets the last one when it comes online, enables push and sleeps.
+        phone = LeanClient(alice, password, port=xmppd.port, auto_ack=False)
+        phone.disco_features = ["http://jabber.org/protocol/disco#info", f"{node}+notify"]
+        await phone.login(sm=True)
+        await enable_push(phone, "push.localhost", secrets.token_hex(32), pushModule="exampleProdiOS")
+        phone.send_presence()
+        await phone.wait_until(lambda: len(headlines(phone)) == 1)
+        phone.abort()
+        await asyncio.sleep(0.5)
+        apns.clear()
+        await laptop.plugin["xep_0060"].publish(alice, node, id="m2", payload=mood, timeout=5)
+        await asyncio.sleep(1.5)
+        assert apns.requests == []                     # a notification is nothing a person must see now
+        bob = await Client(xmppd, bob_jid, password, plaintext=True).login()
+        bob.send_message(mto=alice, mbody="a message does wake it", mtype="chat")
+        await apns.requests_arrived(1, timeout=5)      # (so the phone was reachable by push all along)
+        await bob.close()
+        await phone.connect()
+        phone.received.clear()
+        assert (await phone.resume()).resumed
+        phone.auto_ack = True
+        await phone.wait_until(lambda: len(headlines(phone)) == 1)   # kept in the queue, given back once
+        assert [m.body for m in phone.received if m.body] == ["a message does wake it"]
+        await asyncio.sleep(0.3)
+        assert len(headlines(phone)) == 1
+        await phone.close()
+        await laptop.close()
 
     run(scenario())

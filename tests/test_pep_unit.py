@@ -9,9 +9,10 @@ from lxml import etree
 
 from xmppd import caps
 from xmppd.importance import is_important
-from xmppd.pep import PubsubError, _event, _notification
+from xmppd.pep import PubsubError, _event, _may_read, _notification
 from xmppd.pep_config import BadOption, NodeConfig, apply, config_form, unmet_precondition
 from xmppd.stanza import make, serialize
+from xmppd.storage.models import RosterItem
 
 INFO = "http://jabber.org/protocol/disco#info"
 
@@ -155,3 +156,15 @@ def test_a_notification_wakes_no_phone():
     assert message.get("type") == "headline"
     assert not is_important(message)
     assert b"replyto" in serialize(message)
+
+
+def test_who_may_read_a_node():
+    friend = RosterItem("b@localhost", subscription="from", groups=["Family"])
+    follower = RosterItem("c@localhost", subscription="to", groups=["Family"])
+    for model, friend_reads in (("open", True), ("presence", True), ("roster", False), ("whitelist", False)):
+        config = NodeConfig(access_model=model)
+        assert _may_read(config, friend) is friend_reads, model
+        assert _may_read(config, follower) is (model == "open"), model   # no subscription to the owner
+        assert _may_read(config, None) is (model == "open"), model
+    family = NodeConfig(access_model="roster", roster_groups_allowed=("Family",))
+    assert _may_read(family, friend) and not _may_read(family, follower)

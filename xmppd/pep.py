@@ -369,13 +369,13 @@ class Pep:
         interests = {f[:-len(NOTIFY_SUFFIX)] for f in features - previous if f.endswith(NOTIFY_SUFFIX)}
         if not interests or session.priority < 0:
             return
-        await self._send_last_items(session.username, session, interests, None)
+        await self._send_last_items(session.username, session, interests, None, on_presence=True)
         _, roster = await self.storage.get_roster(session.username)
         for item in roster:
             if item.subscription in ("to", "both") and self._is_local_account(item.jid):
                 owner = JID.parse(item.jid).local
                 their_item = await self.storage.get_roster_item(owner, session.bare)
-                await self._send_last_items(owner, session, interests, their_item)
+                await self._send_last_items(owner, session, interests, their_item, on_presence=True)
 
     async def _new_subscriber(self, user: str, contact: JID) -> None:
         """XEP-0163 §4.3.4: a contact that gains presence access gets the last items at once, on each of its
@@ -390,16 +390,19 @@ class Pep:
         for session in sessions:
             interests = {f[:-len(NOTIFY_SUFFIX)] for f in self.caps.features(session) if f.endswith(NOTIFY_SUFFIX)}
             if interests:
-                await self._send_last_items(owner, session, interests, item)
+                await self._send_last_items(owner, session, interests, item, on_presence=False)
 
     async def _send_last_items(self, owner: str, session: "Session", interests: set[str],
-                               contact: RosterItem | None) -> None:
-        """`contact` is the session's account in the owner's roster; None when it is the owner's own session."""
+                               contact: RosterItem | None, *, on_presence: bool) -> None:
+        """`contact` is the session's account in the owner's roster; None when it is the owner's own session.
+        `on_presence`: the resource came online (else its account just subscribed), which send_last_published_item
+        decides about."""
         nodes = await self.storage.pep_nodes(owner)
         bare = f"{owner}@{self.server.domain}"
+        wanted = ("on_sub_and_presence",) if on_presence else ("on_sub", "on_sub_and_presence")
         for node in sorted(interests & nodes.keys()):
             config = NodeConfig.from_json(nodes[node])
-            if config.send_last_published_item != "on_sub_and_presence" or not config.deliver_notifications:
+            if config.send_last_published_item not in wanted or not config.deliver_notifications:
                 continue
             if contact is not None and (config.access_model == "whitelist" or not _may_read(config, contact)):
                 continue
