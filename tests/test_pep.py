@@ -17,6 +17,9 @@ from tests.storage_fixtures import BACKENDS
 from tests.test_im import next_of_type, wait_for_own_presence
 from tests.test_push import enable_push, fakes  # noqa: F401  (the fake APNs and FCM fixture)
 
+# A small node limit, so that the test of it need not create hundreds (the other tests stay far below it).
+XMPPD_EXTRA_CONFIG = "\n[pep]\nmax_nodes = 8\n"
+
 TUNE = "http://jabber.org/protocol/tune"
 BOOKMARKS = "urn:xmpp:bookmarks:1"
 ERRORS = "{http://jabber.org/protocol/pubsub#errors}"
@@ -436,5 +439,58 @@ def test_a_sleeping_phone_is_not_woken_for_a_notification_and_gets_it_on_resumpt
         assert len(headlines(phone)) == 1
         await phone.close()
         await laptop.close()
+
+    run(scenario())
+
+
+async def raw_pubsub(client: Client, iq_type: str, inner: str, ns: str = "http://jabber.org/protocol/pubsub"):
+    """A pubsub request written by hand (to the client's own account), for what a library would not send."""
+    iq = client.Iq(stype=iq_type, sto=client.boundjid.bare)
+    iq.append(ET.fromstring(f"<pubsub xmlns='{ns}'>{inner}</pubsub>"))
+    return await iq.send(timeout=5)
+
+
+def test_bad_pubsub_requests_get_the_errors_xep_0060_names(xmppd, account):
+    (alice, pa), (bob, pb) = account("alice"), account("bob")
+    payload = f"<tune xmlns='{TUNE}'/>"
+
+    async def scenario():
+        a = await PepClient(xmppd, alice, pa).online()
+        cases = [
+            ("set", f"<publish><item>{payload}</item></publish>", ("bad-request", "nodeid-required")),
+            ("set", f"<publish node='n'><item>{payload}</item><item>{payload}</item></publish>",
+             ("bad-request", "invalid-payload")),
+            ("set", f"<publish node='n'><item>{payload}{payload}</item></publish>", ("bad-request", "invalid-payload")),
+            ("set", "<publish node='n'><item/></publish>", ("bad-request", "payload-required")),
+            ("set", f"<publish node='{'n' * 1025}'><item>{payload}</item></publish>", ("not-acceptable", None)),
+            ("set", f"<publish node='n'><item>{payload}</item></publish><publish-options><x xmlns='jabber:x:data' "
+                    "type='submit'><field var='FORM_TYPE'><value>urn:other</value></field></x></publish-options>",
+             ("bad-request", "invalid-options")),
+            ("set", "<create/>", ("not-acceptable", "nodeid-required")),
+            ("get", "<items node='n' max_items='many'/>", ("bad-request", None)),
+            ("get", "", ("bad-request", None)),
+            ("set", "<retract node='n'><item/></retract>", ("bad-request", "item-required")),
+        ]
+        for iq_type, inner, expected in cases:
+            with pytest.raises(IqError) as caught:
+                await raw_pubsub(a, iq_type, inner)
+            assert error_of(caught.value) == expected, inner
+        # The node limit: the ninth node is refused, publishing to an existing one still works.
+        for n in range(8):
+            await raw_pubsub(a, "set", f"<publish node='urn:example:{n}'><item>{payload}</item></publish>")
+        with pytest.raises(IqError) as caught:
+            await raw_pubsub(a, "set", f"<publish node='urn:example:8'><item>{payload}</item></publish>")
+        assert error_of(caught.value) == ("not-allowed", "max-nodes-exceeded")
+        await raw_pubsub(a, "set", f"<publish node='urn:example:0'><item>{payload}</item></publish>")
+        # Someone else's nodes cannot be managed.
+        b = await PepClient(xmppd, bob, pb).online()
+        iq = b.Iq(stype="set", sto=alice)
+        iq.append(ET.fromstring("<pubsub xmlns='http://jabber.org/protocol/pubsub#owner'>"
+                                "<delete node='urn:example:0'/></pubsub>"))
+        with pytest.raises(IqError) as caught:
+            await iq.send(timeout=5)
+        assert error_of(caught.value)[0] == "forbidden"
+        for client in (a, b):
+            await client.close()
 
     run(scenario())

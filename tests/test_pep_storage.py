@@ -91,3 +91,17 @@ def test_private_xml(storage):
     run(storage.set_private_xml("alice", "storage:bookmarks", None))
     assert run(storage.get_private_xml("alice", "storage:bookmarks")) is None
     assert run(storage.get_private_xml("alice", "urn:other")) == "<c/>"
+
+
+def test_find_nodes_of_many_accounts(storage):
+    users = [f"user{n}" for n in range(600)]        # more than one IN list's worth
+    for name in users:
+        run(storage.create_user(name, {}))
+    run(storage.pep_create_node("user1", "urn:a", '{"a": 1}'))
+    run(storage.pep_create_node("user1", "urn:b", "{}"))
+    run(storage.pep_create_node("user599", "urn:a", "{}"))
+    run(storage.pep_create_node("user2", "urn:c", "{}"))
+    assert run(storage.pep_find_nodes(users, ["urn:a", "urn:b"])) == [
+        ("user1", "urn:a", '{"a": 1}'), ("user1", "urn:b", "{}"), ("user599", "urn:a", "{}")]
+    assert run(storage.pep_find_nodes(users, [])) == []
+    assert run(storage.pep_find_nodes(["nobody"], ["urn:a"])) == []

@@ -231,9 +231,6 @@ class Pep:
     async def _items(self, iq: etree._Element, request: etree._Element, owner: str, requester: JID,
                      is_owner: bool) -> etree._Element:
         node = _node_name(request)
-        config = await self._node(owner, node)
-        if not is_owner:
-            await self._check_access(owner, config, requester)
         wanted = [element.get("id") for element in request.iterchildren(qname(NS_PUBSUB, "item"))]
         if any(not item_id for item_id in wanted):
             raise PubsubError("bad-request", "item-required", "an item asked for has an id")
@@ -245,6 +242,9 @@ class Pep:
                 newest = 0
             if newest < 1:
                 raise PubsubError("bad-request", text="max_items is a positive number")
+        config = await self._node(owner, node)
+        if not is_owner:
+            await self._check_access(owner, config, requester)
         if config.persist_items:
             found = await self.storage.pep_items(owner, node, item_ids=wanted or None, newest=newest)
         else:
@@ -365,17 +365,19 @@ class Pep:
 
     async def _caps_changed(self, session: "Session", features: frozenset[str], previous: frozenset[str]) -> None:
         """XEP-0163 §4.3.4: a resource that newly shows interest in nodes gets their last items, from its
-        own account's nodes and from those of contacts it is subscribed to."""
-        interests = {f[:-len(NOTIFY_SUFFIX)] for f in features - previous if f.endswith(NOTIFY_SUFFIX)}
+        own account's nodes and from those of contacts it is subscribed to (found in one query)."""
+        interests = _interests(features - previous)
         if not interests or session.priority < 0:
             return
-        await self._send_last_items(session.username, session, interests, None, on_presence=True)
         _, roster = await self.storage.get_roster(session.username)
-        for item in roster:
-            if item.subscription in ("to", "both") and self._is_local_account(item.jid):
-                owner = JID.parse(item.jid).local
-                their_item = await self.storage.get_roster_item(owner, session.bare)
-                await self._send_last_items(owner, session, interests, their_item, on_presence=True)
+        owners = [session.username] + [JID.parse(item.jid).local for item in roster
+                                       if item.subscription in ("to", "both") and self._is_local_account(item.jid)]
+        seen_as: dict[str, RosterItem | None] = {}   # owner -> the session's account in the owner's roster
+        for owner, node, config in await self.storage.pep_find_nodes(owners, sorted(interests)):
+            if owner != session.username and owner not in seen_as:
+                seen_as[owner] = await self.storage.get_roster_item(owner, session.bare)
+            await self._send_last_item(owner, node, NodeConfig.from_json(config), session, seen_as.get(owner),
+                                       on_presence=True)
 
     async def _new_subscriber(self, user: str, contact: JID) -> None:
         """XEP-0163 §4.3.4: a contact that gains presence access gets the last items at once, on each of its
@@ -388,36 +390,36 @@ class Pep:
             return
         item = await self.storage.get_roster_item(owner, str(contact.bare))
         for session in sessions:
-            interests = {f[:-len(NOTIFY_SUFFIX)] for f in self.caps.features(session) if f.endswith(NOTIFY_SUFFIX)}
-            if interests:
-                await self._send_last_items(owner, session, interests, item, on_presence=False)
+            interests = _interests(self.caps.features(session))
+            for _, node, config in await self.storage.pep_find_nodes([owner], sorted(interests)):
+                await self._send_last_item(owner, node, NodeConfig.from_json(config), session, item,
+                                           on_presence=False)
 
-    async def _send_last_items(self, owner: str, session: "Session", interests: set[str],
-                               contact: RosterItem | None, *, on_presence: bool) -> None:
+    async def _send_last_item(self, owner: str, node: str, config: NodeConfig, session: "Session",
+                              contact: RosterItem | None, *, on_presence: bool) -> None:
         """`contact` is the session's account in the owner's roster; None when it is the owner's own session.
-        `on_presence`: the resource came online (else its account just subscribed), which send_last_published_item
-        decides about."""
-        nodes = await self.storage.pep_nodes(owner)
-        bare = f"{owner}@{self.server.domain}"
+        `on_presence`: the resource came online (else its account just subscribed), which
+        send_last_published_item decides about."""
         wanted = ("on_sub_and_presence",) if on_presence else ("on_sub", "on_sub_and_presence")
-        for node in sorted(interests & nodes.keys()):
-            config = NodeConfig.from_json(nodes[node])
-            if config.send_last_published_item not in wanted or not config.deliver_notifications:
-                continue
-            if contact is not None and (config.access_model == "whitelist" or not _may_read(config, contact)):
-                continue
-            if config.persist_items:
-                last = await self.storage.pep_items(owner, node, newest=1)
-            else:
-                last = [self._volatile[(owner, node)]] if (owner, node) in self._volatile else []
-            if last and not session.closed:
-                event = _event("items", node)
-                event[0].append(_item_element(NS_EVENT, last[0]))
-                message = _notification(bare, session.full, event, last[0].publisher)
-                delay = child(message, NS_DELAY, "delay")
-                delay.set("from", bare)
-                delay.set("stamp", last[0].published_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
-                session.deliver(message)
+        if config.send_last_published_item not in wanted or not config.deliver_notifications:
+            return
+        is_own = session.username == owner
+        if not is_own and (config.access_model == "whitelist" or not _may_read(config, contact)):
+            return
+        if config.persist_items:
+            last = await self.storage.pep_items(owner, node, newest=1)
+        else:
+            last = [self._volatile[(owner, node)]] if (owner, node) in self._volatile else []
+        if not last or session.closed:
+            return
+        bare = f"{owner}@{self.server.domain}"
+        event = _event("items", node)
+        event[0].append(_item_element(NS_EVENT, last[0]))
+        message = _notification(bare, session.full, event, last[0].publisher)
+        delay = child(message, NS_DELAY, "delay")
+        delay.set("from", bare)
+        delay.set("stamp", last[0].published_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+        session.deliver(message)
 
     # ================================================================ disco
     async def disco_items(self, requester: JID, account: JID) -> list[etree._Element] | None:
@@ -481,6 +483,11 @@ def form_values_of(options: etree._Element | None, form_kind: str) -> dict[str, 
         return form_values(form, form_kind)
     except BadOption as error:
         raise PubsubError("bad-request", "invalid-options", str(error)) from None
+
+
+def _interests(features: Iterable[str]) -> set[str]:
+    """The nodes whose notifications a client wants: NODE for each NODE+notify among its caps."""
+    return {f[:-len(NOTIFY_SUFFIX)] for f in features if f.endswith(NOTIFY_SUFFIX)}
 
 
 def _may_read(config: NodeConfig, contact: RosterItem | None) -> bool:

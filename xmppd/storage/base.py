@@ -285,6 +285,10 @@ class Storage(abc.ABC):
         """node -> config of every node of the account."""
 
     @abc.abstractmethod
+    async def pep_find_nodes(self, usernames: Sequence[str], nodes: Sequence[str]) -> list[tuple[str, str, str]]:
+        """(username, node, config) of every node with one of these names of one of these accounts, sorted."""
+
+    @abc.abstractmethod
     async def pep_create_node(self, username: str, node: str, config: str) -> bool:
         """Create a node; False if it exists. StorageError if the user does not exist."""
 

@@ -242,6 +242,11 @@ class SQLStorage(Storage):
     async def pep_nodes(self, username: str) -> dict[str, str]:
         return await self._run(_pep_nodes, username)
 
+    async def pep_find_nodes(self, usernames: Sequence[str], nodes: Sequence[str]) -> list[tuple[str, str, str]]:
+        if not usernames or not nodes:
+            return []
+        return await self._run(_pep_find_nodes, sorted(set(usernames)), sorted(set(nodes)))
+
     async def pep_create_node(self, username: str, node: str, config: str) -> bool:
         return await self._run(_pep_create_node, username, node, config)
 
@@ -853,6 +858,19 @@ def _positive(value: int, name: str) -> int:
 def _pep_nodes(username):
     rows = yield select("SELECT node, config FROM pep_nodes WHERE username = ? ORDER BY node", username)
     return dict(rows)
+
+
+def _pep_find_nodes(usernames, nodes):
+    found = []
+    for user_placeholders, user_batch in _in_lists(usernames):
+        for node_placeholders, node_batch in _in_lists(nodes):
+            rows = yield select(
+                f"SELECT username, node, config FROM pep_nodes WHERE username IN ({user_placeholders})"
+                f" AND node IN ({node_placeholders})",
+                *user_batch, *node_batch,
+            )
+            found.extend(rows)
+    return sorted(set(map(tuple, found)))
 
 
 def _pep_create_node(username, node, config):
