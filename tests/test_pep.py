@@ -494,3 +494,22 @@ def test_bad_pubsub_requests_get_the_errors_xep_0060_names(xmppd, account):
             await client.close()
 
     run(scenario())
+
+
+def test_notifications_without_payloads(xmppd, account):
+    alice, pa = account("alice")
+    node = "urn:example:big"
+
+    async def scenario():
+        a = await PepClient(xmppd, alice, pa, [node]).online()
+        await a.plugin["xep_0060"].publish(alice, node, id="x", payload=tune("large"),
+                                           options=options(deliver_payloads="false", type=TUNE), timeout=5)
+        event = await a.next_event("publish", node)
+        item = event.xml.find("{http://jabber.org/protocol/pubsub#event}event/"
+                              "{http://jabber.org/protocol/pubsub#event}items/"
+                              "{http://jabber.org/protocol/pubsub#event}item")
+        assert item.get("id") == "x" and len(item) == 0          # the id only: the client fetches the item
+        assert item_titles(await a.plugin["xep_0060"].get_items(alice, node, timeout=5)) == ["large"]
+        await a.close()
+
+    run(scenario())

@@ -222,7 +222,7 @@ class Pep:
             except Exception:
                 log.exception("pep-published hook failed for %s's node %s", owner, node)
         event = _event("items", node)
-        event[0].append(_item_element(NS_EVENT, item))
+        event[0].append(_item_element(NS_EVENT, item, config.deliver_payloads))
         await self._notify(owner, node, config, event, publisher)
         answer = etree.Element(qname(NS_PUBSUB, "publish"), node=node)
         etree.SubElement(answer, qname(NS_PUBSUB, "item"), id=item_id)
@@ -414,7 +414,7 @@ class Pep:
             return
         bare = f"{owner}@{self.server.domain}"
         event = _event("items", node)
-        event[0].append(_item_element(NS_EVENT, last[0]))
+        event[0].append(_item_element(NS_EVENT, last[0], config.deliver_payloads))
         message = _notification(bare, session.full, event, last[0].publisher)
         delay = child(message, NS_DELAY, "delay")
         delay.set("from", bare)
@@ -508,9 +508,10 @@ def _serialize(payload: etree._Element) -> str:
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, remove_comments=True, remove_pis=True)
 
 
-def _item_element(ns: str, item: PepItem) -> etree._Element:
+def _item_element(ns: str, item: PepItem, with_payload: bool = True) -> etree._Element:
     element = etree.Element(qname(ns, "item"), id=item.item_id)
-    element.append(etree.fromstring(item.payload, _PARSER))
+    if with_payload:
+        element.append(etree.fromstring(item.payload, _PARSER))
     return element
 
 

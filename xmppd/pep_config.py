@@ -44,10 +44,15 @@ class NodeConfig:
     persist_items: bool = True
     send_last_published_item: str = "on_sub_and_presence"
     deliver_notifications: bool = True
+    deliver_payloads: bool = True
     notify_retract: bool = True
     notify_delete: bool = True
     roster_groups_allowed: tuple[str, ...] = ()
     title: str = ""
+    description: str = ""
+    type: str = ""                      # the payload's namespace, for information
+    publish_model: str = "publishers"   # in PEP only the owner publishes: the one model there is
+    notification_type: str = "headline"  # notifications are headlines (a normal message would be stored)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -114,14 +119,20 @@ OPTIONS = {
     "pubsub#persist_items": ("persist_items", "boolean", _boolean),
     "pubsub#send_last_published_item": ("send_last_published_item", "list-single", _choice(SEND_LAST)),
     "pubsub#deliver_notifications": ("deliver_notifications", "boolean", _boolean),
+    "pubsub#deliver_payloads": ("deliver_payloads", "boolean", _boolean),
     "pubsub#notify_retract": ("notify_retract", "boolean", _boolean),
     "pubsub#notify_delete": ("notify_delete", "boolean", _boolean),
     "pubsub#roster_groups_allowed": ("roster_groups_allowed", "list-multi", _groups),
     "pubsub#title": ("title", "text-single", _text),
+    "pubsub#description": ("description", "text-single", _text),
+    "pubsub#type": ("type", "text-single", _text),
+    "pubsub#publish_model": ("publish_model", "list-single", _choice(("publishers",))),
+    "pubsub#notification_type": ("notification_type", "list-single", _choice(("headline",))),
 }
 
 
-CHOICES = {"pubsub#access_model": ACCESS_MODELS, "pubsub#send_last_published_item": SEND_LAST}
+CHOICES = {"pubsub#access_model": ACCESS_MODELS, "pubsub#send_last_published_item": SEND_LAST,
+           "pubsub#publish_model": ("publishers",), "pubsub#notification_type": ("headline",)}
 
 
 def form_values(form: etree._Element, expected_type: str) -> dict[str, list[str]]:
