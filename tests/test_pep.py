@@ -181,6 +181,11 @@ def test_items_access_models_and_errors(xmppd, account):
         assert {node for _, node, _ in seen["disco_items"]["items"]} == {"urn:example:presence", "urn:example:open"}
         own = await a.plugin["xep_0030"].get_items(jid=alice, timeout=5)
         assert len(own["disco_items"]["items"]) == 3
+        # disco#info likewise: a contact sees the PEP service, a stranger nothing.
+        info = await b.plugin["xep_0030"].get_info(jid=alice, cached=False, timeout=5)
+        assert ("pubsub", "pep", None, None) in info["disco_info"]["identities"]
+        assert await iq_error_condition(c.plugin["xep_0030"].get_info(jid=alice, cached=False, timeout=5)) == \
+            "service-unavailable"
         for client in (a, b, c):
             await client.close()
 
@@ -322,16 +327,18 @@ def test_bookmarks_pep_and_private_storage(xmppd, account):
         with pytest.raises(IqError) as caught:
             await b.plugin["xep_0060"].get_items(alice, BOOKMARKS, timeout=5)
         assert error_of(caught.value) == ("not-allowed", "closed-node")
-        # XEP-0049 for older clients (XEP-0048 storage:bookmarks).
-        empty = await private(a, "get", ET.Element("{storage:bookmarks}storage"))
-        assert empty.tag == "{storage:bookmarks}storage" and len(empty) == 0
-        storage = ET.Element("{storage:bookmarks}storage")
-        ET.SubElement(storage, "{storage:bookmarks}conference", jid="coven@muc.example.org", name="Coven")
-        await private(a, "set", storage)
-        stored = await private(a, "get", ET.Element("{storage:bookmarks}storage"))
-        assert stored[0].get("jid") == "coven@muc.example.org"
+        # XEP-0049: any other namespace is plain private storage (storage:bookmarks: see the next test).
+        empty = await private(a, "get", ET.Element("{urn:example:prefs}prefs"))
+        assert empty.tag == "{urn:example:prefs}prefs" and len(empty) == 0
+        prefs = ET.Element("{urn:example:prefs}prefs")
+        ET.SubElement(prefs, "{urn:example:prefs}theme", colour="dark")
+        await private(a, "set", prefs)
+        stored = await private(a, "get", ET.Element("{urn:example:prefs}prefs"))
+        assert stored[0].get("colour") == "dark"
+        await private(a, "set", ET.Element("{urn:example:prefs}prefs"))       # an empty element clears
+        assert len(await private(a, "get", ET.Element("{urn:example:prefs}prefs"))) == 0
         # Bob cannot read it; a jabber: namespace is not private data; one element per query.
-        assert await iq_error_condition(private(b, "get", ET.Element("{storage:bookmarks}storage"), to=alice)) == \
+        assert await iq_error_condition(private(b, "get", ET.Element("{urn:example:prefs}prefs"), to=alice)) == \
             "service-unavailable"
         assert await iq_error_condition(private(a, "set", ET.Element("{jabber:iq:roster}query"))) == "not-acceptable"
         assert await iq_error_condition(private(a, "get")) == "bad-request"
@@ -511,5 +518,60 @@ def test_notifications_without_payloads(xmppd, account):
         assert item.get("id") == "x" and len(item) == 0          # the id only: the client fetches the item
         assert item_titles(await a.plugin["xep_0060"].get_items(alice, node, timeout=5)) == ["large"]
         await a.close()
+
+    run(scenario())
+
+
+def test_bookmarks_of_older_clients_follow_the_pep_node(xmppd, account):
+    alice, pa = account("alice")
+    legacy = "{storage:bookmarks}"
+
+    def conference(jid: str, name: str, nick: str | None = None) -> ET.Element:
+        element = ET.Element(f"{legacy}conference", jid=jid, name=name, autojoin="true")
+        if nick:
+            ET.SubElement(element, f"{legacy}nick").text = nick
+        return element
+
+    async def scenario():
+        new = await PepClient(xmppd, alice, pa, [BOOKMARKS]).online()
+        old = await PepClient(xmppd, alice, pa).online()
+        info = await new.plugin["xep_0030"].get_info(jid=alice, timeout=5)
+        assert "urn:xmpp:bookmarks:1#compat" in info["disco_info"]["features"]
+        # The older client writes two rooms and a web bookmark: the newer one sees the rooms as PEP items.
+        storage = ET.Element(f"{legacy}storage")
+        storage.append(conference("coven@muc.example.org", "Coven", "alice"))
+        storage.append(conference("tea@muc.example.org", "Tea"))
+        ET.SubElement(storage, f"{legacy}url", name="Home", url="https://example.org/")
+        await private(old, "set", storage)
+        assert {(await new.next_event("publish", BOOKMARKS))["pubsub_event"]["items"]["item"]["id"]
+                for _ in range(2)} == {"coven@muc.example.org", "tea@muc.example.org"}
+        items = {item["id"]: item["payload"] for item in
+                 (await new.plugin["xep_0060"].get_items(alice, BOOKMARKS, timeout=5))["pubsub"]["items"]}
+        assert items["coven@muc.example.org"].get("autojoin") == "true"
+        assert items["coven@muc.example.org"].findtext(f"{{{BOOKMARKS}}}nick") == "alice"
+        config = await new.plugin["xep_0060"].get_node_config(alice, BOOKMARKS, timeout=5)
+        assert config["pubsub_owner"]["configure"]["form"].get_values()["pubsub#access_model"] == "whitelist"
+        # The newer client adds one room and removes another: the older one reads that, its url kept.
+        added = ET.Element(f"{{{BOOKMARKS}}}conference", name="Garden", autojoin="false")
+        await new.plugin["xep_0060"].publish(alice, BOOKMARKS, id="garden@muc.example.org", payload=added,
+                                             timeout=5)
+        await new.plugin["xep_0060"].retract(alice, BOOKMARKS, "tea@muc.example.org", notify=True, timeout=5)
+        read = await private(old, "get", ET.Element(f"{legacy}storage"))
+        assert {c.get("jid"): c.get("autojoin") for c in read.iter(f"{legacy}conference")} == {
+            "coven@muc.example.org": "true", "garden@muc.example.org": "false"}
+        assert read.find(f"{legacy}url").get("url") == "https://example.org/"
+        # The older client leaves Coven out: it is retracted for everyone.
+        while not new.events.empty():
+            new.events.get_nowait()
+        storage = ET.Element(f"{legacy}storage")
+        storage.append(ET.Element(f"{legacy}conference", jid="garden@muc.example.org", name="Garden",
+                                  autojoin="false"))
+        await private(old, "set", storage)
+        retracted = await new.next_event("retract", BOOKMARKS)
+        assert retracted["pubsub_event"]["items"]["retract"]["id"] == "coven@muc.example.org"
+        remaining = (await new.plugin["xep_0060"].get_items(alice, BOOKMARKS, timeout=5))["pubsub"]["items"]
+        assert [item["id"] for item in remaining] == ["garden@muc.example.org"]
+        for client in (new, old):
+            await client.close()
 
     run(scenario())

@@ -44,10 +44,17 @@ class Disco:
     def info_server(self, iq: etree._Element, origin: "Session | None", to: JID) -> etree._Element:
         return self._info(iq, SCOPE_SERVER)
 
-    def info_account(self, iq: etree._Element, origin: "Session | None", to: JID) -> etree._Element:
-        # XEP-0030 §4.3 / RFC 6121: an account answers only to itself and to its subscribers; others learn
-        # nothing, not even whether it exists. Subscriber checks arrive with PEP; until then, owner only.
-        require_owner(origin, to)
+    def info_account(self, iq: etree._Element, origin: "Session | None", to: JID):
+        # XEP-0030 §4.3 / RFC 6121: an account answers only to itself and to its subscribers (XEP-0163 §9.2:
+        # they may look for PEP); others learn nothing, not even whether it exists.
+        if origin is not None and origin.bare_jid == to.bare:
+            return self._info(iq, SCOPE_ACCOUNT)
+        return self._info_for_subscriber(iq, JID.parse(iq.get("from")).bare, to)
+
+    async def _info_for_subscriber(self, iq: etree._Element, requester: JID, account: JID) -> etree._Element:
+        item = await self.server.storage.get_roster_item(account.local, str(requester))
+        if item is None or item.subscription not in ("from", "both"):
+            raise StanzaError("service-unavailable")
         return self._info(iq, SCOPE_ACCOUNT)
 
     def _info(self, iq: etree._Element, scope: str) -> etree._Element:

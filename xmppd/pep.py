@@ -59,7 +59,7 @@ MAX_NAME_LENGTH = 1024
 
 # XEP-0060 features a PEP service announces on the account (XEP-0163 §9.1).
 FEATURES = ("access-open", "access-presence", "access-roster", "access-whitelist", "auto-create",
-            "auto-subscribe", "config-node", "create-and-configure", "create-nodes", "delete-items",
+            "auto-subscribe", "config-node", "config-node-max", "create-and-configure", "create-nodes", "delete-items",
             "delete-nodes", "filtered-notifications", "item-ids", "last-published", "persistent-items",
             "publish", "publish-options", "purge-nodes", "retract-items", "retrieve-default", "retrieve-items")
 
@@ -197,6 +197,15 @@ class Pep:
         item_id = items[0].get("id") or secrets.token_hex(8)
         _check_length(item_id, "an item id")
         options = form_values_of(iq[0].find(qname(NS_PUBSUB, "publish-options")), PUBLISH_OPTIONS)
+        await self.publish(owner, node, item_id, payloads[0], options, iq.get("from"))
+        answer = etree.Element(qname(NS_PUBSUB, "publish"), node=node)
+        etree.SubElement(answer, qname(NS_PUBSUB, "item"), id=item_id)
+        return _pubsub_result(iq, answer)
+
+    async def publish(self, owner: str, node: str, item_id: str, payload: etree._Element,
+                      options: dict[str, list[str]], publisher: str) -> None:
+        """Publish for the owner (a client's publish, or another module's: bookmarks of older clients).
+        Raises PubsubError when the options are not met or a new node does not fit."""
         nodes = await self.storage.pep_nodes(owner)
         if node in nodes:
             config = NodeConfig.from_json(nodes[node])
@@ -209,8 +218,7 @@ class Pep:
                 config = apply(NodeConfig(), options, self.max_items)
             except BadOption as error:
                 raise PubsubError("conflict", "precondition-not-met", str(error)) from None
-        publisher = iq.get("from")
-        item = PepItem(item_id, _serialize(payloads[0]), publisher, datetime.now(timezone.utc))
+        item = PepItem(item_id, _serialize(payload), publisher, datetime.now(timezone.utc))
         if config.persist_items:
             await self.storage.pep_publish(owner, node, config.to_json(), item, config.max_items)
         else:
@@ -224,9 +232,6 @@ class Pep:
         event = _event("items", node)
         event[0].append(_item_element(NS_EVENT, item, config.deliver_payloads))
         await self._notify(owner, node, config, event, publisher)
-        answer = etree.Element(qname(NS_PUBSUB, "publish"), node=node)
-        etree.SubElement(answer, qname(NS_PUBSUB, "item"), id=item_id)
-        return _pubsub_result(iq, answer)
 
     async def _items(self, iq: etree._Element, request: etree._Element, owner: str, requester: JID,
                      is_owner: bool) -> etree._Element:
@@ -260,7 +265,14 @@ class Pep:
         items = retract.findall(qname(NS_PUBSUB, "item"))
         if len(items) != 1 or not items[0].get("id"):
             raise PubsubError("bad-request", "item-required", "a retract names one item by its id")
-        item_id = items[0].get("id")
+        notify = retract.get("notify")
+        if not await self.retract(owner, node, items[0].get("id"), None if notify is None else notify in ("1", "true")):
+            raise PubsubError("item-not-found", text="no such item")
+        return iq_result(iq)
+
+    async def retract(self, owner: str, node: str, item_id: str, notify: bool | None) -> bool:
+        """Retract an item for the owner; False if there is no such item. `notify` None: as the node says.
+        Raises PubsubError (item-not-found) when there is no such node."""
         config = await self._node(owner, node)
         if config.persist_items:
             found = await self.storage.pep_retract(owner, node, item_id)
@@ -269,14 +281,11 @@ class Pep:
             found = last is not None and last.item_id == item_id
             if found:
                 del self._volatile[(owner, node)]
-        if not found:
-            raise PubsubError("item-not-found", text="no such item")
-        notify = retract.get("notify")
-        if notify in ("1", "true") or (notify is None and config.notify_retract):
+        if found and (config.notify_retract if notify is None else notify):
             event = _event("items", node)
             etree.SubElement(event[0], qname(NS_EVENT, "retract"), id=item_id)
             await self._notify(owner, node, config, event)
-        return iq_result(iq)
+        return found
 
     async def _create(self, iq: etree._Element, create: etree._Element, owner: str) -> etree._Element:
         if not create.get("node"):

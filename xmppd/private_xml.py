@@ -1,7 +1,8 @@
 """XEP-0049 private XML storage: an account keeps XML for itself, one element per namespace.
 
 Older clients keep their bookmarks here (storage:bookmarks, XEP-0048); newer ones
-use PEP (XEP-0402, pep.py). Only the owner reads and writes; anyone else gets the
+use PEP (XEP-0402, pep.py), and with PEP loaded the two are kept in step
+(bookmarks_compat.py). Only the owner reads and writes; anyone else gets the
 answer an account that does not exist gives (router.require_owner).
 """
 
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
+from .bookmarks_compat import FEATURE as BOOKMARKS_COMPAT, NS_LEGACY as NS_LEGACY_BOOKMARKS, BookmarksCompat
 from .jid import JID
 from .router import require_owner
 from .server import SCOPE_ACCOUNT
@@ -39,6 +41,11 @@ class PrivateXml:
         self.server = server
         server.add_feature(NS_PRIVATE, scopes=(SCOPE_ACCOUNT,))
         server.add_iq_handler(QUERY, self.handle_iq, scopes=(SCOPE_ACCOUNT,))
+        # With PEP, storage:bookmarks follows the XEP-0402 node (bookmarks_compat.py).
+        self.bookmarks = None
+        if "pep" in server.modules:
+            self.bookmarks = BookmarksCompat(server.storage, server.module("pep"))
+            server.add_feature(BOOKMARKS_COMPAT, scopes=(SCOPE_ACCOUNT,))
 
     async def handle_iq(self, iq: etree._Element, origin: "Session | None", to: JID) -> etree._Element:
         require_owner(origin, to)
@@ -50,18 +57,22 @@ class PrivateXml:
         if not namespace or namespace.startswith("jabber:"):
             # XEP-0049 §3: the jabber: namespaces belong to the protocol itself.
             raise StanzaError("not-acceptable", "the element needs a namespace of its own, not jabber:*")
+        bookmarks = self.bookmarks if namespace == NS_LEGACY_BOOKMARKS else None
         if iq.get("type") == "get":
             stored = await self.server.storage.get_private_xml(to.local, namespace)
-            found = etree.fromstring(stored, _PARSER) if stored is not None else deepcopy(element)
+            found = await bookmarks.read(to.local, stored) if bookmarks is not None else None
+            if found is None:
+                found = etree.fromstring(stored, _PARSER) if stored is not None else deepcopy(element)
             return iq_result(iq, _query(found))
-        if len(element) == 0 and not (element.text or "").strip() and not element.attrib:
-            await self.server.storage.set_private_xml(to.local, namespace, None)   # an empty element clears
-            return iq_result(iq)
-        xml = etree.tostring(deepcopy(element), encoding="unicode", with_tail=False)
-        if len(xml.encode("utf-8")) > MAX_PRIVATE_BYTES:
-            log.info("private storage of %s: %d bytes for %s refused", to, len(xml), namespace)
-            raise StanzaError("not-acceptable", f"a stored element has at most {MAX_PRIVATE_BYTES} bytes")
+        xml = None   # an empty element clears
+        if len(element) or (element.text or "").strip() or element.attrib:
+            xml = etree.tostring(deepcopy(element), encoding="unicode", with_tail=False)
+            if len(xml.encode("utf-8")) > MAX_PRIVATE_BYTES:
+                log.info("private storage of %s: %d bytes for %s refused", to, len(xml), namespace)
+                raise StanzaError("not-acceptable", f"a stored element has at most {MAX_PRIVATE_BYTES} bytes")
         await self.server.storage.set_private_xml(to.local, namespace, xml)
+        if bookmarks is not None:
+            await bookmarks.write(to.local, element, iq.get("from"))
         return iq_result(iq)
 
 
