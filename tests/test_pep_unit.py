@@ -8,6 +8,7 @@ import pytest
 from lxml import etree
 
 from xmppd import caps
+from xmppd.bookmarks_compat import items_from_legacy, legacy_from_items
 from xmppd.importance import is_important
 from xmppd.pep import PubsubError, _event, _may_read, _notification
 from xmppd.pep_config import BadOption, NodeConfig, apply, config_form, unmet_precondition
@@ -168,3 +169,22 @@ def test_who_may_read_a_node():
         assert _may_read(config, None) is (model == "open"), model
     family = NodeConfig(access_model="roster", roster_groups_allowed=("Family",))
     assert _may_read(family, friend) and not _may_read(family, follower)
+
+
+def test_bookmark_conversion_both_ways():
+    legacy = etree.fromstring(
+        "<storage xmlns='storage:bookmarks'>"
+        "<conference jid='Coven@muc.example.org' name='Coven' autojoin='1'><nick>alice</nick>"
+        "<password>secret</password></conference>"
+        "<conference jid='not a jid@@' name='Broken'/>"
+        "<url name='Home' url='https://example.org/'/></storage>")
+    items = items_from_legacy(legacy)
+    assert list(items) == ["coven@muc.example.org"]          # normalised; the broken one skipped
+    conference = items["coven@muc.example.org"]
+    assert conference.tag == "{urn:xmpp:bookmarks:1}conference" and conference.get("autojoin") == "true"
+    assert conference.findtext("{urn:xmpp:bookmarks:1}password") == "secret"
+    back = legacy_from_items(list(items.items()), legacy)
+    [room] = back.findall("{storage:bookmarks}conference")
+    assert (room.get("jid"), room.get("name"), room.get("autojoin")) == ("coven@muc.example.org", "Coven", "true")
+    assert room.findtext("{storage:bookmarks}nick") == "alice"
+    assert back.find("{storage:bookmarks}url").get("url") == "https://example.org/"
