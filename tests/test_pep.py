@@ -50,7 +50,8 @@ class PepClient(Client):
     async def next_event(self, kind: str, node: str, timeout: float = 10.0):
         while True:
             got, message = await asyncio.wait_for(self.events.get(), timeout)
-            if got == kind and message["pubsub_event"][kind if kind in ("purge", "delete") else "items"]["node"] == node:
+            element = kind if kind in ("purge", "delete") else "items"
+            if got == kind and message["pubsub_event"][element]["node"] == node:
                 return message
 
     async def no_event(self, seconds: float = 1.0) -> None:

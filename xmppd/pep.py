@@ -17,8 +17,8 @@ eu.siacs.conversations.axolotl and the urn:xmpp:omemo:2 nodes), avatars
   (caps.py) list NODE+notify. Notifications are headline messages from the
   owner's bare JID, which importance.py never counts as waking a phone; CSI
   holds them while a client is inactive. When a resource's caps first show
-  interest in a node (it came online, or the owner's own resource did), it
-  gets the node's last item.
+  interest in a node (it came online, or the owner's own resource did), or its
+  account becomes a subscriber, it gets the node's last item.
 
 Items of nodes with persist_items live in storage; a node without keeps only
 its last item, in memory, for the last-item rule.
@@ -59,9 +59,10 @@ MAX_NAME_LENGTH = 1024
 
 # XEP-0060 features a PEP service announces on the account (XEP-0163 §9.1).
 FEATURES = ("access-open", "access-presence", "access-roster", "access-whitelist", "auto-create",
-            "auto-subscribe", "config-node", "config-node-max", "create-and-configure", "create-nodes", "delete-items",
-            "delete-nodes", "filtered-notifications", "item-ids", "last-published", "persistent-items",
-            "publish", "publish-options", "purge-nodes", "retract-items", "retrieve-default", "retrieve-items")
+            "auto-subscribe", "config-node", "config-node-max", "create-and-configure", "create-nodes",
+            "delete-items", "delete-nodes", "filtered-notifications", "item-ids", "last-published",
+            "persistent-items", "publish", "publish-options", "purge-nodes", "retract-items", "retrieve-default",
+            "retrieve-items")
 
 
 class PubsubError(StanzaError):
