@@ -4,6 +4,8 @@ filtered notifications; last item at presence), XEP-0402/XEP-0049 bookmarks, on 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import secrets
 import xml.etree.ElementTree as ET
 
@@ -353,6 +355,7 @@ def test_avatar_published_through_pep_becomes_the_vcard_photo(xmppd, account):
     (alice, pa), (bob, pb) = account("alice"), account("bob")
     image = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
     avatar_id = "4d1e2b0e8a7b55f4b1c1e59c27b7b3c3b93f9c8e"
+    other_image = base64.b64encode(b"\x89PNG\r\n\x1a\n another picture").decode()
 
     async def scenario():
         a = await PepClient(xmppd, alice, pa).online()
@@ -379,7 +382,30 @@ def test_avatar_published_through_pep_becomes_the_vcard_photo(xmppd, account):
                              payload=ET.Element("{urn:xmpp:avatar:metadata}metadata"), timeout=5)
         card = (await b.plugin["xep_0054"].get_vcard(jid=alice, cached=False, timeout=5))["vcard_temp"]
         assert card.xml.find("{vcard-temp}PHOTO") is None and card["FN"] == "Alice Example"
-        for client in (a, b):
+        # The other way: an older client sets a vCard PHOTO; PEP has it, and newer resources hear of it.
+        watcher = await PepClient(xmppd, alice, pa, ["urn:xmpp:avatar:metadata"]).online()
+        await watcher.next_event("publish", "urn:xmpp:avatar:metadata")      # the last (empty) metadata
+        vcard = a.plugin["xep_0054"].make_vcard()
+        vcard["FN"] = "Alice Example"
+        vcard["PHOTO"]["TYPE"] = "image/png"
+        vcard["PHOTO"]["BINVAL"] = base64.b64decode(other_image)
+        await a.plugin["xep_0054"].publish_vcard(vcard, timeout=5)
+        event = await watcher.next_event("publish", "urn:xmpp:avatar:metadata")
+        expected_id = hashlib.sha1(base64.b64decode(other_image)).hexdigest()
+        info = event["pubsub_event"]["items"]["item"]["payload"].find("{urn:xmpp:avatar:metadata}info")
+        assert (info.get("id"), info.get("type")) == (expected_id, "image/png")
+        data = await pubsub.get_items(alice, "urn:xmpp:avatar:data", item_ids=[expected_id], timeout=5)
+        [item] = list(data["pubsub"]["items"])
+        assert base64.b64decode(item["payload"].text) == base64.b64decode(other_image)
+        # Setting the same vCard again publishes nothing new; a vCard without PHOTO empties the metadata.
+        await a.plugin["xep_0054"].publish_vcard(vcard, timeout=5)
+        await watcher.no_event(0.5)
+        vcard = a.plugin["xep_0054"].make_vcard()
+        vcard["FN"] = "Alice Example"
+        await a.plugin["xep_0054"].publish_vcard(vcard, timeout=5)
+        event = await watcher.next_event("publish", "urn:xmpp:avatar:metadata")
+        assert len(event["pubsub_event"]["items"]["item"]["payload"]) == 0
+        for client in (a, b, watcher):
             await client.close()
 
     run(scenario())

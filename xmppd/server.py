@@ -158,7 +158,8 @@ class Server:
         (session, presence: every available presence a client broadcasts), 'caps-changed' (session,
         features, previous features: caps.py learnt what the client supports), 'new-subscriber' (user's bare
         JID, contact JID: the contact now has a subscription to the user's presence), 'pep-published'
-        (username, node, PepItem: awaited before the publish is answered)."""
+        (username, node, PepItem: awaited before the publish is answered), 'vcard-changed' (username,
+        <vCard/>, publisher's full JID: awaited before the set is answered)."""
         self._hooks[event].append(callback)
 
     def fire(self, event: str, *args: Any) -> list[Awaitable]:
