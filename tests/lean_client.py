@@ -46,6 +46,9 @@ NS_SM = "urn:xmpp:sm:3"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 NS_DELAY = "urn:xmpp:delay"
 NS_PING = "urn:xmpp:ping"
+NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
+NS_CAPS = "http://jabber.org/protocol/caps"
+CAPS_NODE = "https://lean-client.example"
 
 STANZAS = {f"{{{NS_CLIENT}}}{name}" for name in ("message", "presence", "iq")}
 MOD32 = 1 << 32
@@ -161,6 +164,8 @@ class LeanClient:
         self.requests_received = 0        # <r/> elements seen
         self.protocol_errors: list[str] = []   # the server broke XEP-0198 (an h that acks too much …)
         self.on_ack: Callable[["LeanClient"], None] | None = None   # called after each <a/> is counted
+        # Set, the client answers disco#info with these features and announces them as XEP-0115 caps.
+        self.disco_features: list[str] | None = None
 
     # ------------------------------------------------------------------ connecting
     async def connect(self, timeout: float = 10.0) -> "LeanClient":
@@ -338,7 +343,17 @@ class LeanClient:
 
     def send_presence(self, priority: int | None = None) -> None:
         inner = f"<priority>{priority}</priority>" if priority is not None else ""
+        if self.disco_features is not None:
+            from xmppd.caps import ver_of   # the server's own hash function, checked against the XEP's examples
+            ver = ver_of(etree.fromstring(self.disco_info()), "sha-1")
+            inner += f"<c xmlns='{NS_CAPS}' hash='sha-1' node='{CAPS_NODE}' ver={quoteattr(ver)}/>"
         self.send_raw(f"<presence>{inner}</presence>".encode())
+
+    def disco_info(self, node: str | None = None) -> str:
+        features = "".join(f"<feature var={quoteattr(var)}/>" for var in self.disco_features or ())
+        node_attribute = f" node={quoteattr(node)}" if node else ""
+        return (f"<query xmlns='{NS_DISCO_INFO}'{node_attribute}><identity category='client' type='phone'/>"
+                f"{features}</query>")
 
     async def iq(self, template: str, timeout: float = 10.0) -> etree._Element:
         """Send an iq ('{id}' in the template is replaced by a fresh id) and wait for its answer."""
@@ -508,8 +523,11 @@ class LeanClient:
         attributes = f"id={quoteattr(iq.get('id', ''))}"
         if iq.get("from"):
             attributes += f" to={quoteattr(iq.get('from'))}"
+        query = iq.find(f"{{{NS_DISCO_INFO}}}query")
         if iq.find(f"{{{NS_PING}}}ping") is not None:
             self.send_raw(f"<iq type='result' {attributes}/>".encode())
+        elif query is not None and self.disco_features is not None:
+            self.send_raw(f"<iq type='result' {attributes}>{self.disco_info(query.get('node'))}</iq>".encode())
         else:
             self.send_raw(f"<iq type='error' {attributes}><error type='cancel'><service-unavailable "
                           f"xmlns='{NS_STANZAS}'/></error></iq>".encode())

@@ -29,7 +29,7 @@ from . import jid
 # Optional feature modules an operator may enable; the server imports this
 # tuple too, so the set of names lives only here.
 OPTIONAL_MODULES = ("version", "vcard", "register", "offline", "csi", "stream_mgmt", "push", "appserver",
-                    "upload", "extdisco")
+                    "upload", "extdisco", "pep", "private")
 
 # SASL mechanisms the server implements (the -PLUS variants follow
 # auth.channel_binding rather than being listed).
@@ -515,7 +515,7 @@ class ModulesConfig:
     """Optional features; the core protocol is always on."""
 
     enabled: tuple[str, ...] = _option(
-        ("version", "vcard", "offline", "csi", "stream_mgmt", "push"),
+        ("version", "vcard", "offline", "csi", "stream_mgmt", "push", "pep", "private"),
         Strings("distinct names", choices=OPTIONAL_MODULES),
         "Optional modules to load: version (XEP-0092), vcard (XEP-0054), "
         "register (XEP-0077 in-band registration: anyone who can connect can create "
@@ -529,7 +529,9 @@ class ModulesConfig:
         "[appserver] domain, which sends to APNs and FCM; see [appserver]), upload (XEP-0363 "
         "HTTP file upload on [upload] domain, with its own HTTP listener; see [upload]), "
         "extdisco (XEP-0215: tell clients about STUN/TURN servers for calls, with "
-        "time-limited TURN credentials; see [extdisco]).")
+        "time-limited TURN credentials; see [extdisco]), pep (XEP-0163: each account a pubsub "
+        "service for OMEMO keys, avatars, bookmarks; see [pep]), private (XEP-0049 private XML "
+        "storage: bookmarks of older clients).")
 
 
 @dataclass(frozen=True)
@@ -602,6 +604,18 @@ class OfflineConfig:
         1000, Int(1, 1000000, "messages"),
         "Messages kept for one account while it is offline; when full, senders get "
         "<resource-constraint/> and nothing is dropped silently.")
+
+
+@dataclass(frozen=True)
+class PepConfig:
+    """Settings of the pep module (XEP-0163 Personal Eventing Protocol)."""
+
+    max_items: int = _option(
+        256, Int(1, 100000, "items"),
+        "Most items one node keeps; a client asking for max_items 'max' gets this many.")
+    max_nodes: int = _option(
+        256, Int(1, 100000, "nodes"),
+        "Most nodes one account may have (OMEMO needs one per device and version).")
 
 
 @dataclass(frozen=True)
@@ -955,6 +969,7 @@ class Config:
     appserver: AppServerConfig = field(default_factory=AppServerConfig)
     upload: UploadConfig = field(default_factory=UploadConfig)
     extdisco: ExtDiscoConfig = field(default_factory=ExtDiscoConfig)
+    pep: PepConfig = field(default_factory=PepConfig)
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,9 @@ class Presence:
         if session.closed:
             return
         self._broadcast(session, stanza, items)
+        # Entity caps and PEP's last items (caps.py, pep.py) follow, without holding up this stanza.
+        self.server.schedule(self.server.fire("presence-available", session, stanza),
+                             f"presence-available hooks for {session.full}")
         if not initial:
             return
         # RFC 6121 §4.2.2: probe the contacts we are subscribed to; locally that is answering the probe.
@@ -335,9 +338,11 @@ class Presence:
             await settle(self.server.router.route(gone, contact, own))
 
     def _send_current_presence(self, user: str, contact: JID) -> None:
-        """The user's current presence, from every available resource, to a contact that just became a subscriber."""
+        """The user's current presence, from every available resource, to a contact that just became a subscriber
+        (and PEP's last items: 'new-subscriber')."""
         for own in self.server.available_sessions(user):
             self._route(_addressed(own.presence, str(contact)), contact, own)
+        self.server.schedule(self.server.fire("new-subscriber", user, contact), f"new-subscriber hooks for {user}")
 
     def _send_from_user(self, session: "Session", contact: JID, kind: str):
         stanza = make("presence", {"type": kind, "from": session.bare, "to": str(contact)})

@@ -31,7 +31,8 @@ log = logging.getLogger("xmppd.server")
 # Always loaded: the RFC 6121 core and what every client probes for.
 CORE_MODULES = ("roster", "presence", "disco", "ping")
 # Where a module's name in the config differs from its file name.
-MODULE_FILES = {"offline": "offline_store", "push": "push_xep0357", "appserver": "appserver.hosted"}
+MODULE_FILES = {"offline": "offline_store", "push": "push_xep0357", "appserver": "appserver.hosted",
+                "private": "private_xml"}
 
 # Whom an iq handler answers for: the server itself (to='domain' or its resources) or a local account
 # (to='user@domain', or no 'to' from that user's own session).
@@ -157,7 +158,12 @@ class Server:
         'session-ended' (session), 'session-resumed' (session), 'initial-presence' (session),
         'account-deleted' (username), 'config-reloaded' (the new Config, already in server.config: modules
         re-read their options), 'parked' (username, stanza, session or None: a stanza for the
-        account waits in a hibernated session's queue or in offline storage)."""
+        account waits in a hibernated session's queue or in offline storage), 'presence-available'
+        (session, presence: every available presence a client broadcasts), 'caps-changed' (session,
+        features, previous features: caps.py learnt what the client supports), 'new-subscriber' (user's bare
+        JID, contact JID: the contact now has a subscription to the user's presence), 'pep-published'
+        (username, node, PepItem: awaited before the publish is answered), 'vcard-changed' (username,
+        <vCard/>, publisher's full JID: awaited before the set is answered)."""
         self._hooks[event].append(callback)
 
     def fire(self, event: str, *args: Any) -> list[Awaitable]:

@@ -9,6 +9,7 @@ anyone but the owner gets the same answer.
 
 from __future__ import annotations
 
+import logging
 from copy import deepcopy
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,8 @@ from .stanza import StanzaError, iq_result, qname
 if TYPE_CHECKING:
     from .server import Server
     from .session import Session
+
+log = logging.getLogger("xmppd.vcard")
 
 NS_VCARD = "vcard-temp"
 VCARD = qname(NS_VCARD, "vCard")
@@ -56,6 +59,7 @@ class VCard:
         if len(vcard) == 0 and not (vcard.text or "").strip():
             # An empty <vCard/> clears the stored one: the way a client deletes what it published.
             await self.server.storage.set_vcard(username, None)
+            await self._changed(username, vcard, iq.get("from"))
             return iq_result(iq)
         # Serialized from a copy: the copy leaves behind the namespace declarations the stanza inherited from
         # the stream (xmlns:stream …), which lxml would otherwise write into every stored vCard.
@@ -63,7 +67,16 @@ class VCard:
         if len(xml.encode("utf-8")) > MAX_VCARD_BYTES:
             raise StanzaError("not-acceptable", f"a vCard may have at most {MAX_VCARD_BYTES} bytes")
         await self.server.storage.set_vcard(username, xml)
+        await self._changed(username, vcard, iq.get("from"))
         return iq_result(iq)
+
+    async def _changed(self, username: str, vcard: etree._Element, publisher: str) -> None:
+        """'vcard-changed' hooks (the avatar conversion of XEP-0398) run before the set is answered."""
+        for pending in self.server.fire("vcard-changed", username, vcard, publisher):
+            try:
+                await pending
+            except Exception:
+                log.exception("vcard-changed hook failed for %s", username)
 
 
 def setup(server: "Server") -> VCard:

@@ -16,8 +16,8 @@ import abc
 from collections.abc import Sequence
 from datetime import datetime
 
-from .models import (AppServerRegistration, PushRegistration, ResumableSession, RosterItem, ScramCredentials,
-                     UploadSlot)
+from .models import (AppServerRegistration, PepItem, PushRegistration, ResumableSession, RosterItem,
+                     ScramCredentials, UploadSlot)
 
 
 class StorageError(Exception):
@@ -318,3 +318,56 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def upload_known(self, slots: Sequence[str]) -> set[str]:
         """Which of these slots exist."""
+    # -- PEP (XEP-0163) nodes and items (pep.py) ----------------------------------------
+    # A node belongs to an account and goes with it; its items go with the node. config is
+    # the node's configuration as a JSON text, opaque here. Items come back oldest first;
+    # re-publishing an item id makes it the newest.
+
+    @abc.abstractmethod
+    async def pep_nodes(self, username: str) -> dict[str, str]:
+        """node -> config of every node of the account."""
+
+    @abc.abstractmethod
+    async def pep_find_nodes(self, usernames: Sequence[str], nodes: Sequence[str]) -> list[tuple[str, str, str]]:
+        """(username, node, config) of every node with one of these names of one of these accounts, sorted."""
+
+    @abc.abstractmethod
+    async def pep_create_node(self, username: str, node: str, config: str) -> bool:
+        """Create a node; False if it exists. StorageError if the user does not exist."""
+
+    @abc.abstractmethod
+    async def pep_configure_node(self, username: str, node: str, config: str, max_items: int) -> bool:
+        """Replace the node's config and keep only its max_items newest items; False if there is no node."""
+
+    @abc.abstractmethod
+    async def pep_delete_node(self, username: str, node: str) -> bool:
+        """Delete the node and its items; False if there was none."""
+
+    @abc.abstractmethod
+    async def pep_publish(self, username: str, node: str, config: str, item: PepItem, max_items: int) -> bool:
+        """Store an item, atomically: the node is created with config if it does not exist (True is
+        returned then), an item with the same id is replaced, and only the max_items newest are kept."""
+
+    @abc.abstractmethod
+    async def pep_items(
+        self, username: str, node: str, *, item_ids: Sequence[str] | None = None, newest: int | None = None
+    ) -> list[PepItem]:
+        """The node's items with these ids (all with None), of those the `newest` newest; oldest first."""
+
+    @abc.abstractmethod
+    async def pep_retract(self, username: str, node: str, item_id: str) -> bool:
+        """Delete one item; False if there was no such item."""
+
+    @abc.abstractmethod
+    async def pep_purge(self, username: str, node: str) -> int:
+        """Delete every item of the node; returns how many."""
+
+    # -- private XML storage (XEP-0049, private_xml.py) -----------------------------------
+
+    @abc.abstractmethod
+    async def get_private_xml(self, username: str, namespace: str) -> str | None:
+        """The serialised element stored under its namespace, None if none is."""
+
+    @abc.abstractmethod
+    async def set_private_xml(self, username: str, namespace: str, xml: str | None) -> None:
+        """Store (or with None delete) the element for its namespace. StorageError for an unknown user."""

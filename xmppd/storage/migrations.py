@@ -202,6 +202,40 @@ MIGRATIONS: list[Migration] = [
             "CREATE INDEX uploads_created_at ON uploads (created_at)",
         ),
     ),
+        ),
+    ),
+    Migration(
+        6,
+        "PEP (XEP-0163) nodes and items; private XML storage (XEP-0049)",
+        (
+            # config is the node's configuration as JSON ({"pubsub#max_items": "1", ...}).
+            """CREATE TABLE pep_nodes (
+                username {KEY} NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+                node {KEY} NOT NULL,
+                config TEXT NOT NULL,
+                PRIMARY KEY (username, node)
+            )""",
+            # id orders a node's items by publication; a re-published item id gets a new row.
+            """CREATE TABLE pep_items (
+                id {COUNTER},
+                username {KEY} NOT NULL,
+                node {KEY} NOT NULL,
+                item_id {KEY} NOT NULL,
+                payload TEXT NOT NULL,
+                publisher {KEY} NOT NULL,
+                published_at {TIMESTAMP} NOT NULL,
+                UNIQUE (username, node, item_id),
+                FOREIGN KEY (username, node) REFERENCES pep_nodes (username, node) ON DELETE CASCADE
+            )""",
+            "CREATE INDEX pep_items_node_id ON pep_items (username, node, id)",
+            """CREATE TABLE private_xml (
+                username {KEY} NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+                namespace {KEY} NOT NULL,
+                xml TEXT NOT NULL,
+                PRIMARY KEY (username, namespace)
+            )""",
+        ),
+    ),
 ]
 
 _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (

@@ -138,3 +138,14 @@ class UploadSlot:
     content_type: str
     created_at: datetime
     uploaded_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PepItem:
+    """One item of a PEP node (pep.py): its id, the serialised payload element, who published it
+    (a full JID of the owner) and when (aware UTC)."""
+
+    item_id: str
+    payload: str
+    publisher: str
+    published_at: datetime

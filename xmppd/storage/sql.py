@@ -25,8 +25,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .base import Storage, StorageError
-from .models import (SUBSCRIPTIONS, AppServerRegistration, PushRegistration, ResumableSession, RosterItem,
-                     ScramCredentials, UploadSlot)
+from .models import (SUBSCRIPTIONS, AppServerRegistration, PepItem, PushRegistration, ResumableSession,
+                     RosterItem, ScramCredentials, UploadSlot)
 
 
 class Result(enum.Enum):
@@ -269,6 +269,46 @@ class SQLStorage(Storage):
 
     async def upload_known(self, slots: Sequence[str]) -> set[str]:
         return await self._run(_upload_known, list(slots))
+    async def pep_nodes(self, username: str) -> dict[str, str]:
+        return await self._run(_pep_nodes, username)
+
+    async def pep_find_nodes(self, usernames: Sequence[str], nodes: Sequence[str]) -> list[tuple[str, str, str]]:
+        if not usernames or not nodes:
+            return []
+        return await self._run(_pep_find_nodes, sorted(set(usernames)), sorted(set(nodes)))
+
+    async def pep_create_node(self, username: str, node: str, config: str) -> bool:
+        return await self._run(_pep_create_node, username, node, config)
+
+    async def pep_configure_node(self, username: str, node: str, config: str, max_items: int) -> bool:
+        return await self._run(_pep_configure_node, username, node, config, _positive(max_items, "max_items"))
+
+    async def pep_delete_node(self, username: str, node: str) -> bool:
+        return await self._run(_pep_delete_node, username, node)
+
+    async def pep_publish(self, username: str, node: str, config: str, item: PepItem, max_items: int) -> bool:
+        return await self._run(_pep_publish, username, node, config, item.item_id, item.payload, item.publisher,
+                               _timestamp_param(item.published_at, "published_at"), _positive(max_items, "max_items"))
+
+    async def pep_items(
+        self, username: str, node: str, *, item_ids: Sequence[str] | None = None, newest: int | None = None
+    ) -> list[PepItem]:
+        if newest is not None:
+            _positive(newest, "newest")
+        return await self._run(_pep_items, username, node, None if item_ids is None else sorted(set(item_ids)),
+                               newest)
+
+    async def pep_retract(self, username: str, node: str, item_id: str) -> bool:
+        return await self._run(_pep_retract, username, node, item_id)
+
+    async def pep_purge(self, username: str, node: str) -> int:
+        return await self._run(_pep_purge, username, node)
+
+    async def get_private_xml(self, username: str, namespace: str) -> str | None:
+        return await self._run(_get_private_xml, username, namespace)
+
+    async def set_private_xml(self, username: str, namespace: str, xml: str | None) -> None:
+        await self._run(_set_private_xml, username, namespace, xml)
 
 
 # -- accounts -------------------------------------------------------------
@@ -927,3 +967,120 @@ def _upload_known(slots):
         rows = yield select(f"SELECT slot FROM uploads WHERE slot IN ({placeholders})", *params)
         known.update(slot for (slot,) in rows)
     return known
+# -- PEP nodes and items -------------------------------------------------------------
+# A publish locks its node's row (a no-op UPDATE) before touching items, so that concurrent
+# publishes to one node on PostgreSQL take turns: the replace-by-id and the trim to
+# max_items then never see each other half done.
+
+
+def _positive(value: int, name: str) -> int:
+    if operator.index(value) < 1:
+        raise ValueError(f"{name} must be at least 1, not {value!r}")
+    return value
+
+
+def _pep_nodes(username):
+    rows = yield select("SELECT node, config FROM pep_nodes WHERE username = ? ORDER BY node", username)
+    return dict(rows)
+
+
+def _pep_find_nodes(usernames, nodes):
+    found = []
+    for user_placeholders, user_batch in _in_lists(usernames):
+        for node_placeholders, node_batch in _in_lists(nodes):
+            rows = yield select(
+                f"SELECT username, node, config FROM pep_nodes WHERE username IN ({user_placeholders})"
+                f" AND node IN ({node_placeholders})",
+                *user_batch, *node_batch,
+            )
+            found.extend(rows)
+    return sorted(set(map(tuple, found)))
+
+
+def _pep_create_node(username, node, config):
+    created = yield execute(
+        "INSERT INTO pep_nodes (username, node, config) VALUES (?, ?, ?) ON CONFLICT (username, node) DO NOTHING",
+        username, node, config,
+    )
+    return bool(created)
+
+
+def _pep_trim(username, node, max_items):
+    yield execute(
+        "DELETE FROM pep_items WHERE username = ? AND node = ? AND id NOT IN"
+        " (SELECT id FROM pep_items WHERE username = ? AND node = ? ORDER BY id DESC LIMIT ?)",
+        username, node, username, node, max_items,
+    )
+
+
+@atomic
+def _pep_configure_node(username, node, config, max_items):
+    if not (yield execute("UPDATE pep_nodes SET config = ? WHERE username = ? AND node = ?", config, username, node)):
+        return False
+    yield from _pep_trim(username, node, max_items)
+    return True
+
+
+def _pep_delete_node(username, node):
+    deleted = yield execute("DELETE FROM pep_nodes WHERE username = ? AND node = ?", username, node)
+    return bool(deleted)
+
+
+@atomic
+def _pep_publish(username, node, config, item_id, payload, publisher, published_at, max_items):
+    created = yield from _pep_create_node(username, node, config)
+    yield execute("UPDATE pep_nodes SET config = config WHERE username = ? AND node = ?", username, node)
+    yield execute("DELETE FROM pep_items WHERE username = ? AND node = ? AND item_id = ?", username, node, item_id)
+    yield execute(
+        "INSERT INTO pep_items (username, node, item_id, payload, publisher, published_at) VALUES (?, ?, ?, ?, ?, ?)",
+        username, node, item_id, payload, publisher, published_at,
+    )
+    yield from _pep_trim(username, node, max_items)
+    return created
+
+
+def _pep_items(username, node, item_ids, newest):
+    sql = "SELECT item_id, payload, publisher, published_at FROM pep_items WHERE username = ? AND node = ?"
+    params: list[Any] = [username, node]
+    if item_ids is not None:
+        if not item_ids:
+            return []
+        sql += f" AND item_id IN ({', '.join('?' * len(item_ids))})"
+        params += item_ids
+    sql += " ORDER BY id DESC"
+    if newest is not None:
+        sql += " LIMIT ?"
+        params.append(newest)
+    rows = yield select(sql, *params)
+    return [PepItem(item_id, payload, publisher, _utc(published_at))
+            for item_id, payload, publisher, published_at in reversed(rows)]
+
+
+def _pep_retract(username, node, item_id):
+    deleted = yield execute(
+        "DELETE FROM pep_items WHERE username = ? AND node = ? AND item_id = ?", username, node, item_id
+    )
+    return bool(deleted)
+
+
+def _pep_purge(username, node):
+    return (yield execute("DELETE FROM pep_items WHERE username = ? AND node = ?", username, node))
+
+
+# -- private XML storage ---------------------------------------------------------------
+
+
+def _get_private_xml(username, namespace):
+    rows = yield select("SELECT xml FROM private_xml WHERE username = ? AND namespace = ?", username, namespace)
+    return rows[0][0] if rows else None
+
+
+def _set_private_xml(username, namespace, xml):
+    if xml is None:
+        yield execute("DELETE FROM private_xml WHERE username = ? AND namespace = ?", username, namespace)
+    else:
+        yield execute(
+            "INSERT INTO private_xml (username, namespace, xml) VALUES (?, ?, ?)"
+            " ON CONFLICT (username, namespace) DO UPDATE SET xml = excluded.xml",
+            username, namespace, xml,
+        )
