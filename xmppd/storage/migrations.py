@@ -202,8 +202,6 @@ MIGRATIONS: list[Migration] = [
             "CREATE INDEX uploads_created_at ON uploads (created_at)",
         ),
     ),
-        ),
-    ),
     Migration(
         6,
         "PEP (XEP-0163) nodes and items; private XML storage (XEP-0049)",
