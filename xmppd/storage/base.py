@@ -274,3 +274,18 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def count_appserver_registrations(self) -> dict[str, int]:
         """Number of registrations per app (apps without any are left out)."""
+
+    # -- block lists (XEP-0191) ----------------------------------------------------
+
+    @abc.abstractmethod
+    async def get_blocklist(self, username: str) -> list[str]:
+        """The JIDs the user blocks, sorted."""
+
+    @abc.abstractmethod
+    async def block_jids(self, username: str, jids: list[str], max_items: int) -> list[str] | None:
+        """Add JIDs to the block list (ones already there are fine); returns those that were new, or
+        None, changing nothing, if the list would then hold more than max_items."""
+
+    @abc.abstractmethod
+    async def unblock_jids(self, username: str, jids: list[str] | None) -> list[str]:
+        """Remove these JIDs (None: all of them) from the block list; returns those that were there."""

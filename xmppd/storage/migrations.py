@@ -164,6 +164,18 @@ MIGRATIONS: list[Migration] = [
             "CREATE INDEX appserver_registrations_owner ON appserver_registrations (owner, created_at)",
         ),
     ),
+    Migration(
+        4,
+        "XEP-0191 block lists",
+        (
+            # One row per blocked JID (user@domain/resource, user@domain, domain/resource or domain).
+            """CREATE TABLE blocked_jids (
+                username {KEY} NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+                jid {KEY} NOT NULL,
+                PRIMARY KEY (username, jid)
+            )""",
+        ),
+    ),
 ]
 
 _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (

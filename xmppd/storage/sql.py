@@ -239,6 +239,15 @@ class SQLStorage(Storage):
     async def count_appserver_registrations(self) -> dict[str, int]:
         return await self._run(_count_appserver_registrations)
 
+    async def get_blocklist(self, username: str) -> list[str]:
+        return await self._run(_get_blocklist, username)
+
+    async def block_jids(self, username: str, jids: list[str], max_items: int) -> list[str] | None:
+        return await self._run(_block_jids, username, jids, max_items)
+
+    async def unblock_jids(self, username: str, jids: list[str] | None) -> list[str]:
+        return await self._run(_unblock_jids, username, jids)
+
 
 # -- accounts -------------------------------------------------------------
 
@@ -800,3 +809,34 @@ def _appserver_expire(unused_since):
 def _count_appserver_registrations():
     rows = yield select("SELECT app, COUNT(*) FROM appserver_registrations GROUP BY app ORDER BY app")
     return {app: count for app, count in rows}
+
+
+# -- block lists (XEP-0191) -------------------------------------------------------
+
+
+def _get_blocklist(username):
+    rows = yield select("SELECT jid FROM blocked_jids WHERE username = ? ORDER BY jid", username)
+    return [jid for (jid,) in rows]
+
+
+@atomic
+def _block_jids(username, jids, max_items):
+    present = set((yield from _get_blocklist(username)))
+    new = sorted(set(jids) - present)
+    if len(present) + len(new) > max_items:
+        return None
+    if new:
+        yield execute_many("INSERT INTO blocked_jids (username, jid) VALUES (?, ?)", [(username, jid) for jid in new])
+    return new
+
+
+@atomic
+def _unblock_jids(username, jids):
+    present = yield from _get_blocklist(username)
+    gone = present if jids is None else sorted(set(jids) & set(present))
+    if jids is None:
+        yield execute("DELETE FROM blocked_jids WHERE username = ?", username)
+        return gone
+    for placeholders, values in _in_lists(gone):
+        yield execute(f"DELETE FROM blocked_jids WHERE username = ? AND jid IN ({placeholders})", username, *values)
+    return gone
