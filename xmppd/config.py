@@ -28,7 +28,8 @@ from . import jid
 
 # Optional feature modules an operator may enable; the server imports this
 # tuple too, so the set of names lives only here.
-OPTIONAL_MODULES = ("version", "vcard", "register", "offline", "csi", "stream_mgmt", "push", "appserver")
+OPTIONAL_MODULES = ("version", "vcard", "register", "offline", "csi", "stream_mgmt", "push", "appserver",
+                    "carbons", "blocking")
 
 # SASL mechanisms the server implements (the -PLUS variants follow
 # auth.channel_binding rather than being listed).
@@ -507,7 +508,7 @@ class ModulesConfig:
     """Optional features; the core protocol is always on."""
 
     enabled: tuple[str, ...] = _option(
-        ("version", "vcard", "offline", "csi", "stream_mgmt", "push"),
+        ("version", "vcard", "offline", "csi", "stream_mgmt", "push", "carbons", "blocking"),
         Strings("distinct names", choices=OPTIONAL_MODULES),
         "Optional modules to load: version (XEP-0092), vcard (XEP-0054), "
         "register (XEP-0077 in-band registration: anyone who can connect can create "
@@ -518,7 +519,10 @@ class ModulesConfig:
         "(XEP-0198: acknowledgements, and sessions that survive a broken connection and "
         "are resumed; it loads offline too), push (XEP-0357: wake a sleeping phone through "
         "its push app server; see [push]), appserver (the built-in push app server on "
-        "[appserver] domain, which sends to APNs and FCM; see [appserver]).")
+        "[appserver] domain, which sends to APNs and FCM; see [appserver]), carbons "
+        "(XEP-0280: every device of an account gets copies of the chats the others send and "
+        "receive, so a call answered on one stops ringing on the others), blocking (XEP-0191: "
+        "users block JIDs and domains; see [blocking]).")
 
 
 @dataclass(frozen=True)
@@ -763,6 +767,16 @@ class AppServerConfig:
 
 
 @dataclass(frozen=True)
+class BlockingConfig:
+    """Settings of the blocking module (XEP-0191 Blocking Command)."""
+
+    max_items: int = _option(
+        1000, Int(1, 100000, "JIDs"),
+        "JIDs and domains one account may block; a block command that would exceed it is "
+        "refused with <policy-violation/> and changes nothing.")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; ``path`` is the file it came from, if any."""
 
@@ -782,6 +796,7 @@ class Config:
     stream_mgmt: StreamMgmtConfig = field(default_factory=StreamMgmtConfig)
     push: PushConfig = field(default_factory=PushConfig)
     appserver: AppServerConfig = field(default_factory=AppServerConfig)
+    blocking: BlockingConfig = field(default_factory=BlockingConfig)
 
 
 @dataclass(frozen=True)

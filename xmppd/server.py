@@ -153,7 +153,11 @@ class Server:
         """Run `callback` when `event` fires. Hooks in use: 'session-bound' (session),
         'session-ended' (session), 'session-resumed' (session), 'initial-presence' (session),
         'account-deleted' (username), 'parked' (username, stanza, session or None: a stanza for the
-        account waits in a hibernated session's queue or in offline storage)."""
+        account waits in a hibernated session's queue or in offline storage), 'message-sent' (session,
+        message, to: a local user's message on its way out, before it is routed), 'message-delivered'
+        (message, username, sessions: a message for a local account, about to be written to these of
+        its sessions; none when it goes to offline storage or is refused). The message hooks run on
+        the hot path: their callbacks are synchronous and cheap."""
         self._hooks[event].append(callback)
 
     def fire(self, event: str, *args: Any) -> list[Awaitable]:
