@@ -41,6 +41,7 @@ async def device(xmppd, jid: str, password: str, *, carbons: bool = True, priori
                  resource: str | None = None) -> Device:
     client = Device(xmppd, f"{jid}/{resource}" if resource else jid, password)
     await client.login()
+    await client.get_roster(timeout=5)
     if carbons:
         await client.plugin["xep_0280"].enable(timeout=5)
     client.send_presence(ppriority=priority)
