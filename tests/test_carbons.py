@@ -304,3 +304,37 @@ def test_a_device_with_negative_priority_rings_through_its_carbon(xmppd, account
             await client.close()
 
     run(scenario())
+
+
+def test_carbons_follow_the_importance_policy_of_an_inactive_client(xmppd, account):
+    """XEP-0352: a carbon of a chat state waits; a carbon of a call being answered elsewhere, or of a
+    message, goes out at once, after what waited."""
+    (alice, pa), (bob, pb) = account("alice"), account("bob")
+    chat_states = "http://jabber.org/protocol/chatstates"
+
+    async def scenario():
+        desktop = await device(xmppd, alice, pa, priority=5)
+        phone = await device(xmppd, alice, pa, priority=0)
+        b = await device(xmppd, bob, pb, carbons=False)
+        phone.send_raw("<inactive xmlns='urn:xmpp:csi:0'/>")
+        await phone.plugin["xep_0199"].ping(jid="localhost", timeout=5)   # the nonza is handled
+
+        raw_message(b, alice, f"<composing xmlns='{chat_states}'/>")
+        assert (await desktop.next_stanza()).xml.find(f"{{{chat_states}}}composing") is not None
+        await phone.nothing_more(1.0)                                      # held ([csi] max_hold is 60 s)
+
+        call_id = secrets.token_hex(8)
+        desktop.plugin["xep_0353"].proceed(bob, call_id)                   # answered on the desktop
+        held = await next_carbon(phone, "received", timeout=5)
+        assert held.find(f"{{{chat_states}}}composing") is not None
+        await next_call_signal(phone, "proceed", call_id, carbon="sent")   # the phone stops ringing now
+
+        raw_message(b, alice, f"<paused xmlns='{chat_states}'/>")
+        await phone.nothing_more(1.0)
+        b.send_message(mto=alice, mbody="are you there?", mtype="chat")
+        assert (await next_carbon(phone, "received")).find(f"{{{chat_states}}}paused") is not None
+        assert (await next_carbon(phone, "received")).findtext(f"{CLIENT}body") == "are you there?"
+        for client in (desktop, phone, b):
+            await client.close()
+
+    run(scenario())
