@@ -260,7 +260,7 @@ def test_blocking_is_advertised(xmppd, account):
     run(scenario())
 
 
-def test_random_names_stay_apart(xmppd, account):
+def test_a_block_touches_only_its_owners_traffic(xmppd, account):
     """A block by one account does not touch another's traffic."""
     (alice, pa), (bob, pb), (carol, pc) = account("alice"), account("bob"), account("carol")
 

@@ -9,7 +9,7 @@ import pytest
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from tests.harness import Client, run
+from tests.harness import Client, iq_error_condition, run
 from tests.test_im import wait_for_own_presence
 
 NS_CARBONS = "urn:xmpp:carbons:2"
@@ -184,6 +184,10 @@ def test_enable_disable_and_discovery(xmppd, account):
         b = await device(xmppd, bob, pb, carbons=False)
         info = await phone.plugin["xep_0030"].get_info(jid="localhost", timeout=5)
         assert {NS_CARBONS, "urn:xmpp:carbons:rules:0"} <= set(info["disco_info"]["features"])
+        # Nobody enables carbons for someone else: answered as for an account that does not exist.
+        foreign = b.make_iq_set(ito=alice)
+        foreign.enable("carbon_enable")
+        assert await iq_error_condition(foreign.send(timeout=5)) == "service-unavailable"
         await phone.plugin["xep_0280"].enable(timeout=5)   # enabling twice is fine (§10.1)
         await phone.plugin["xep_0280"].disable(timeout=5)
         await phone.plugin["xep_0280"].disable(timeout=5)

@@ -228,6 +228,8 @@ class Blocking:
         jids = parse_items(iq[0])
         if not jids:
             raise StanzaError("bad-request", "a <block/> needs at least one <item/>")
+        if len(jids) > self.max_items:
+            raise StanzaError("policy-violation", f"a block list holds at most {self.max_items} items")
         username = to.local
         block_list = await self.block_list(username)
         new = await self.server.storage.block_jids(username, jids, self.max_items)

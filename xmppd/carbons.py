@@ -32,6 +32,7 @@ from lxml import etree
 
 from .importance import BODY, CALL, CALL_SIGNALS, ENCRYPTED
 from .jid import JID
+from .router import require_owner
 from .server import SCOPE_ACCOUNT, SCOPE_SERVER
 from .stanza import MESSAGE, StanzaError, iq_result, make, qname
 
@@ -118,11 +119,13 @@ class Carbons:
         log.debug("carbons disabled for %s", origin.full)
         return iq_result(iq)
 
-    def _require_own_session(self, iq: etree._Element, origin: "Session | None", to: JID) -> None:
-        # §4.1: a request that is not from a client of this server gets <not-allowed/>; so does one
-        # for another account, which must not learn whether that account exists.
-        if origin is None or (to.local is not None and to.bare != origin.bare_jid):
+    @staticmethod
+    def _require_own_session(iq: etree._Element, origin: "Session | None", to: JID) -> None:
+        # §4.1: a request that is not from a client of this server gets <not-allowed/>. One addressed to
+        # another account is answered as for an account that does not exist.
+        if origin is None:
             raise StanzaError("not-allowed", "carbons are enabled by a client for its own session")
+        require_owner(origin, to)
         if iq.get("type") != "set":
             raise StanzaError("bad-request", "carbons are enabled and disabled with an iq of type 'set'")
 
