@@ -12,7 +12,8 @@ from tests.conftest import start_xmppd
 from tests.harness import Client, run
 from tests.lean_client import LeanClient
 from tests.storage_fixtures import BACKENDS
-from tests.test_push import PUSH_MODULES, COALESCE_WINDOW, accounts, enable_push, fakes, push_config, quiet  # noqa: F401
+from tests.test_push import (COALESCE_WINDOW, PUSH_MODULES, accounts, enable_push, fakes,  # noqa: F401
+                             push_config, quiet)
 
 NS_CARBONS = "urn:xmpp:carbons:2"
 FORWARDED = "{urn:xmpp:forward:0}forwarded/{jabber:client}message"

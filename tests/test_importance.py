@@ -59,7 +59,8 @@ def carbon(direction: str, inner: str):
 @pytest.mark.parametrize("direction", ["received", "sent"])
 def test_a_carbon_matters_as_much_as_the_message_it_carries(direction):
     assert is_important(carbon(direction, "<message type='chat'><body>hi</body></message>"))
-    assert not is_important(carbon(direction, "<message type='chat'><active xmlns='http://jabber.org/protocol/chatstates'/></message>"))
+    chat_state = "<message type='chat'><active xmlns='http://jabber.org/protocol/chatstates'/></message>"
+    assert not is_important(carbon(direction, chat_state))
     accept = carbon(direction, "<message type='chat'><accept xmlns='urn:xmpp:jingle-message:0' id='c1'/></message>")
     assert is_time_critical(accept) and not is_important(accept)
     # Never kept: the original is, for the device it went to.

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Awaitable, Iterable
 
 from lxml import etree
 
+from .aio import run_soon
 from .jid import JID, InvalidJID
 from .router import require_owner
 from .server import SCOPE_ACCOUNT
@@ -203,16 +204,16 @@ class Blocking:
             return True
         if kind == IQ and stanza.get("type") not in ("get", "set"):
             return True
-        self.server.schedule([pending for pending in (self.server.router.bounce(stanza, "service-unavailable"),)
-                              if pending is not None], f"answering a blocked stanza to {to}")
+        run_soon(self.server.router.bounce(stanza, "service-unavailable"), f"answering a blocked stanza to {to}")
         return True
 
     def _refuse_outbound(self, stanza: etree._Element, origin: "Session", to: JID) -> bool:
         if stanza.tag == PRESENCE or stanza.get("type") in ("error", "result"):
             return True
         reply = error_reply(stanza, "not-acceptable", f"you have blocked {to}")
-        error = reply.find(ERROR)
-        error.insert(1, etree.Element(qname(NS_BLOCKING_ERRORS, "blocked"), nsmap={None: NS_BLOCKING_ERRORS}))
+        # RFC 6120 §8.3.2: the application-specific condition comes after the defined one and its text.
+        etree.SubElement(reply.find(ERROR), qname(NS_BLOCKING_ERRORS, "blocked"), nsmap={None: NS_BLOCKING_ERRORS})
+        log.debug("%s to %s refused: blocked", etree.QName(stanza).localname, to)
         origin.deliver(reply)
         return True
 
@@ -289,8 +290,8 @@ class Blocking:
             session.directed -= directed
             for target in subscribers | directed:
                 gone = make("presence", {"type": "unavailable", "from": session.full, "to": target})
-                self.server.schedule([p for p in (self.server.router.route(gone, JID.parse(target), session),)
-                                      if p is not None], f"unavailable presence to {target}")
+                run_soon(self.server.router.route(gone, JID.parse(target), session),
+                         f"unavailable presence to {target}")
 
     async def _say_present(self, account: str, items: frozenset[str]) -> None:
         """§3.4: unblocked contacts who may see the user's presence get the current one."""
@@ -299,8 +300,7 @@ class Blocking:
             for target in subscribers:
                 presence = deepcopy(session.presence)
                 presence.set("to", target)
-                self.server.schedule([p for p in (self.server.router.route(presence, JID.parse(target), session),)
-                                      if p is not None], f"presence to {target}")
+                run_soon(self.server.router.route(presence, JID.parse(target), session), f"presence to {target}")
 
 
 def setup(server: "Server") -> Blocking:

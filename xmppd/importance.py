@@ -83,4 +83,5 @@ def is_kept(stanza: etree._Element) -> bool:
     """A message the server keeps for its recipient: stored offline when no resource can take it
     (XEP-0160), recorded durably on its way to a stream-managed one. Chat or normal, and it matters;
     never a carbon copy (the original is kept for the device it was sent to)."""
-    return stanza.tag == MESSAGE and carried_message(stanza) is stanza and stanza.get("type", "normal") in ("normal", "chat") and is_important(stanza)
+    return (stanza.tag == MESSAGE and stanza.get("type", "normal") in ("normal", "chat")
+            and carried_message(stanza) is stanza and is_important(stanza))

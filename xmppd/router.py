@@ -79,7 +79,13 @@ class Router:
 
     async def _screen_later(self, verdict: Awaitable[bool], stanza: etree._Element, to: JID,
                             origin: "Session | None", next_screen: int) -> None:
-        if not await verdict:
+        try:
+            taken = await verdict
+        except Exception:
+            log.exception("screening a %s to %s failed", etree.QName(stanza).localname, to)
+            await settle(self.bounce(stanza, "internal-server-error"))
+            return
+        if not taken:
             await settle(self._screen(stanza, to, origin, next_screen))
 
     def _route(self, stanza: etree._Element, to: JID, origin: "Session | None") -> Awaitable | None:
