@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import pytest
 from lxml import etree
 
+from tests.fakes import FakeConnection
+from tests.storage_fixtures import make_storage
+from tests.test_modules_unit import BASE_TOML
+from xmppd.aio import settle
 from xmppd.blocking import command, matches, parse_items
 from xmppd.carbons import is_eligible, take_private, wrap
+from xmppd.config import parse_config
 from xmppd.jid import JID
-from xmppd.stanza import StanzaError
+from xmppd.server import CORE_MODULES, Server
+from xmppd.stanza import NS_STANZAS, StanzaError
+from xmppd.storage import StorageError
 
 
 def message(xml: str) -> etree._Element:
@@ -97,3 +107,33 @@ def test_command_element():
     assert element.tag == "{urn:xmpp:blocking}unblock"
     assert [item.get("jid") for item in element] == ["a@b", "c"]
     assert len(command("unblock", ())) == 0
+
+
+# ---------------------------------------------------------------- the blocking screen, on a real Server
+def test_a_failing_block_list_read_answers_the_sender_and_loses_nothing_silently(tmp_path, caplog):
+    """Storage fails while a message to an offline account is screened: the sender gets
+    <internal-server-error/>, and the log says what failed."""
+    async def main() -> None:
+        storage, cleanup = await make_storage("sqlite", tmp_path)
+        try:
+            server = Server(parse_config(BASE_TOML), storage)
+            server.load_modules(CORE_MODULES + ("blocking",))
+            alice = server.bind(FakeConnection(), "alice", "phone")
+            await asyncio.sleep(0.1)                 # the session-bound hook read alice's (empty) list
+
+            async def broken(username: str) -> list[str]:
+                raise StorageError("the database is gone")
+
+            storage.get_blocklist = broken
+            message = etree.fromstring("<message xmlns='jabber:client' type='chat' to='bob@localhost' "
+                                       "from='alice@localhost/phone'><body>hi</body></message>")
+            await settle(server.router.from_client(alice, message))
+            [reply] = alice.connection.take()
+            assert reply.get("type") == "error"
+            assert reply.find(f"{{jabber:client}}error/{{{NS_STANZAS}}}internal-server-error") is not None
+        finally:
+            await cleanup()
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(main())
+    assert "screening a message to bob@localhost failed" in caplog.text
