@@ -1,6 +1,7 @@
 """Carbons reach a sleeping phone: queued in its hibernated stream-management session (XEP-0198),
 handed back once on resumption, and waking it through push (XEP-0357) for what others sent, never for
-what the user sent from another device. Uses the push test set-up (app server, fake APNs), both backends."""
+what the user sent from another device. A blocked contact (XEP-0191) wakes nobody. Uses the push test
+set-up (app server, fake APNs), both backends."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ FORWARDED = "{urn:xmpp:forward:0}forwarded/{jabber:client}message"
 @pytest.fixture(scope="module", params=BACKENDS)
 def xmppd(request, tmp_path_factory, certificate, fakes):
     return start_xmppd(request, tmp_path_factory, certificate, request.param,
-                       push_config(fakes, PUSH_MODULES + ("carbons",)))
+                       push_config(fakes, PUSH_MODULES + ("carbons", "blocking")))
 
 
 def carried(received, direction: str):
@@ -74,6 +75,35 @@ def test_a_hibernated_phone_queues_carbons_and_is_woken_only_by_received_ones(xm
         assert len(phone.received) == 2                 # each once
         await phone.close()
         await desktop.close()
+        await contact.close()
+
+    run(scenario())
+
+
+def test_a_blocked_contact_wakes_no_phone(xmppd, fakes):
+    apns, _, _ = fakes
+    (alice, alice_password), (bob, bob_password) = accounts(xmppd, 2)
+    token = secrets.token_hex(32)
+
+    async def scenario():
+        phone = LeanClient(alice, alice_password, port=xmppd.port, auto_ack=False)
+        await phone.login(sm=True)
+        phone.send_presence()
+        blocked = await phone.iq(f"<iq type='set' id='{{id}}'><block xmlns='urn:xmpp:blocking'>"
+                                 f"<item jid='{bob}'/></block></iq>")
+        assert blocked.get("type") == "result"
+        await enable_push(phone, "push.localhost", token, pushModule="exampleProdiOS")
+        contact = await Client(xmppd, bob, bob_password, plaintext=True).login()
+        errors = []
+        contact.add_event_handler("message_error", errors.append)
+        phone.abort()                                   # asleep, its session hibernated
+        await quiet(0.5)
+        apns.clear()
+        contact.send_message(mto=alice, mbody="wake up", mtype="chat")
+        contact.send_presence(pto=alice, ptype="subscribe")
+        await quiet(COALESCE_WINDOW * 1.5)
+        assert apns.requests == []
+        assert [error["error"]["condition"] for error in errors] == ["service-unavailable"]
         await contact.close()
 
     run(scenario())
