@@ -31,7 +31,7 @@ import itertools
 import os
 import ssl
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 from xml.sax.saxutils import escape, quoteattr
 
@@ -76,6 +76,7 @@ class Received:
     body: str | None
     type: str
     delayed: bool           # carries a XEP-0203 <delay/> (offline storage, or resent after a failed resumption)
+    element: etree._Element | None = field(default=None, compare=False, repr=False)   # the whole stanza
 
 
 @dataclass(frozen=True)
@@ -509,7 +510,7 @@ class LeanClient:
         if kind == "message":
             self.received.append(Received(
                 element.get("id"), element.get("from"), element.findtext(f"{{{NS_CLIENT}}}body"),
-                element.get("type", "normal"), element.find(f"{{{NS_DELAY}}}delay") is not None))
+                element.get("type", "normal"), element.find(f"{{{NS_DELAY}}}delay") is not None, element))
         elif kind == "iq":
             iq_type = element.get("type")
             if iq_type in ("result", "error"):

@@ -98,6 +98,7 @@ BAD = [
     ("offline", "max_messages", "0", "must be an integer from 1 to 1000000 (messages)"),
     ("pep", "max_items", "0", "must be an integer from 1 to 100000 (items)"),
     ("pep", "max_nodes", "100001", "must be an integer from 1 to 100000 (nodes)"),
+    ("blocking", "max_items", "100001", "must be an integer from 1 to 100000 (JIDs)"),
     ("csi", "max_hold", "0.05", "must be a number from 0.1 to 3600 (seconds)"),
     ("csi", "max_buffered", "0", "must be an integer from 1 to 10000 (stanzas)"),
     ("stream_mgmt", "resume_timeout", "0", "must be a number from 1 to 86400 (seconds)"),
@@ -131,7 +132,7 @@ BAD = [
     ("auth", "throttle_window", "0.0", "must be a number greater than 0 (seconds)"),
     ("modules", "enabled", '["vcard", "muc"]',
      '"muc" is not one of these; must be a list of distinct names from "version", '
-     '"vcard", "register", "offline", "csi", "stream_mgmt", "push", "appserver", "upload", "extdisco", "pep", "private"'),
+     '"vcard", "register", "offline", "csi", "stream_mgmt", "push", "appserver", "upload", "extdisco", "pep", "private", "carbons", "blocking"'),
     ("version", "show_os", '"false"', "must be true or false"),
     ("metrics", "port", "70000", "must be an integer from 0 to 65535 (0 turns the endpoint off)"),
     ("metrics", "interface", '""', "must be a string (not empty)"),
@@ -301,7 +302,7 @@ def test_unknown_section_lists_allowed_sections(base):
     assert refusal(base, srever={"domain": '"example.org"'}) == [
         "test.toml: [srever]: unknown section (did you mean [server]?); allowed sections: "
         "[server], [logging], [storage], [tls], [c2s], [auth], [modules], [metrics], [control], [version], "
-        "[register], [offline], [csi], [stream_mgmt], [push], [appserver], [upload], [extdisco], [pep]"]
+        "[register], [offline], [csi], [stream_mgmt], [push], [appserver], [upload], [extdisco], [pep], [blocking]"]
 
 
 def test_top_level_key_points_to_its_section(base):
@@ -311,7 +312,7 @@ def test_top_level_key_points_to_its_section(base):
     assert str(caught.value) == (
         'test.toml: domain = "example.org": unknown top-level key (did you mean [server] '
         "domain?); every key belongs in a section: [server], [logging], [storage], [tls], "
-        "[c2s], [auth], [modules], [metrics], [control], [version], [register], [offline], [csi], [stream_mgmt], [push], [appserver], [upload], [extdisco], [pep]")
+        "[c2s], [auth], [modules], [metrics], [control], [version], [register], [offline], [csi], [stream_mgmt], [push], [appserver], [upload], [extdisco], [pep], [blocking]")
 
 
 def test_section_that_is_not_a_table(base):
@@ -331,7 +332,7 @@ def test_all_problems_are_reported_at_once(base):
         parse_config(text, source="conf/xmppd.toml", base_dir=str(base))
     assert caught.value.errors == (
         "conf/xmppd.toml: [bogus]: unknown section; allowed sections: [server], [logging], "
-        "[storage], [tls], [c2s], [auth], [modules], [metrics], [control], [version], [register], [offline], [csi], [stream_mgmt], [push], [appserver], [upload], [extdisco], [pep]",
+        "[storage], [tls], [c2s], [auth], [modules], [metrics], [control], [version], [register], [offline], [csi], [stream_mgmt], [push], [appserver], [upload], [extdisco], [pep], [blocking]",
         'conf/xmppd.toml: [server] domain = "a..b": invalid domain name (empty label in domainpart); '
         'must be a DNS domain name such as "example.org" (internationalized names allowed)',
         "conf/xmppd.toml: [c2s] prot = 1: unknown key (did you mean port?); allowed keys "
@@ -508,7 +509,8 @@ def test_defaults(tmp_path):
     assert config.control.socket == str(tmp_path / "xmppd.sock")
     assert config.c2s.interfaces == ("127.0.0.1", "::1")
     assert config.auth.mechanisms == ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
-    assert config.modules.enabled == ("version", "vcard", "offline", "csi", "stream_mgmt", "push", "pep", "private")
+    assert config.modules.enabled == ("version", "vcard", "offline", "csi", "stream_mgmt", "push", "pep", "private",
+                                      "carbons", "blocking")
     assert config.upload.directory == str(tmp_path / "uploads")
     for option in OPTIONS:
         if (option.section, option.key) not in (("storage", "sqlite_path"), ("upload", "directory"),

@@ -37,13 +37,21 @@ def fakes(tmp_path_factory):
     fcm.stop()
 
 
+PUSH_MODULES = ("offline", "csi", "stream_mgmt", "push", "appserver")
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def xmppd(request, tmp_path_factory, certificate, fakes):
+    return start_xmppd(request, tmp_path_factory, certificate, request.param, push_config(fakes, PUSH_MODULES))
+
+
+def push_config(fakes, modules: tuple[str, ...]) -> str:
+    """The [c2s] tail and the sections of an xmppd with the app server in-process, talking to the fakes."""
     apns, fcm, directory = fakes
-    return start_xmppd(request, tmp_path_factory, certificate, request.param, f"""require_encryption = false
+    return f"""require_encryption = false
 
 [modules]
-enabled = ["offline", "csi", "stream_mgmt", "push", "appserver"]
+enabled = {list(modules)!r}
 
 [push]
 coalesce_window = {COALESCE_WINDOW}
@@ -55,7 +63,7 @@ rate_limit = 100.0
 rate_burst = 100
 
 {apns.app_toml("ios", directory / "apns.p8", push_modules=["exampleProdiOS"])}
-{fcm.app_toml("droid", directory / "fcm.json")}""")
+{fcm.app_toml("droid", directory / "fcm.json")}"""
 
 
 def accounts(xmppd, count: int) -> list[tuple[str, str]]:

@@ -29,7 +29,7 @@ from . import jid
 # Optional feature modules an operator may enable; the server imports this
 # tuple too, so the set of names lives only here.
 OPTIONAL_MODULES = ("version", "vcard", "register", "offline", "csi", "stream_mgmt", "push", "appserver",
-                    "upload", "extdisco", "pep", "private")
+                    "upload", "extdisco", "pep", "private", "carbons", "blocking")
 
 # SASL mechanisms the server implements (the -PLUS variants follow
 # auth.channel_binding rather than being listed).
@@ -515,7 +515,7 @@ class ModulesConfig:
     """Optional features; the core protocol is always on."""
 
     enabled: tuple[str, ...] = _option(
-        ("version", "vcard", "offline", "csi", "stream_mgmt", "push", "pep", "private"),
+        ("version", "vcard", "offline", "csi", "stream_mgmt", "push", "pep", "private", "carbons", "blocking"),
         Strings("distinct names", choices=OPTIONAL_MODULES),
         "Optional modules to load: version (XEP-0092), vcard (XEP-0054), "
         "register (XEP-0077 in-band registration: anyone who can connect can create "
@@ -531,7 +531,9 @@ class ModulesConfig:
         "extdisco (XEP-0215: tell clients about STUN/TURN servers for calls, with "
         "time-limited TURN credentials; see [extdisco]), pep (XEP-0163: each account a pubsub "
         "service for OMEMO keys, avatars, bookmarks; see [pep]), private (XEP-0049 private XML "
-        "storage: bookmarks of older clients).")
+        "storage: bookmarks of older clients), carbons (XEP-0280: every device of an account gets "
+        "copies of the chats the others send and receive, so a call answered on one stops ringing "
+        "on the others), blocking (XEP-0191: users block JIDs and domains; see [blocking]).")
 
 
 @dataclass(frozen=True)
@@ -944,6 +946,13 @@ class ExtDiscoConfig:
         (), ExternalServices(),
         "The STUN and TURN servers clients are told about, one [[extdisco.services]] table each. "
         "Only local accounts that are logged in are answered.")
+class BlockingConfig:
+    """Settings of the blocking module (XEP-0191 Blocking Command)."""
+
+    max_items: int = _option(
+        1000, Int(1, 100000, "JIDs"),
+        "JIDs and domains one account may block; a block command that would exceed it is "
+        "refused with <policy-violation/> and changes nothing.")
 
 
 @dataclass(frozen=True)
@@ -970,6 +979,7 @@ class Config:
     upload: UploadConfig = field(default_factory=UploadConfig)
     extdisco: ExtDiscoConfig = field(default_factory=ExtDiscoConfig)
     pep: PepConfig = field(default_factory=PepConfig)
+    blocking: BlockingConfig = field(default_factory=BlockingConfig)
 
 
 @dataclass(frozen=True)

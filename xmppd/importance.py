@@ -33,9 +33,33 @@ CALL_SIGNALS = frozenset(f"{{urn:xmpp:jingle-message:0}}{name}"
                          for name in ("ringing", "accept", "proceed", "reject", "finish"))
 
 
+# XEP-0280 carbons: a copy of a message the user sent or received elsewhere, the message inside
+# <forwarded/>. A copy matters exactly as much as the message it carries.
+CARBONS = frozenset(("{urn:xmpp:carbons:2}received", "{urn:xmpp:carbons:2}sent"))
+FORWARDED_MESSAGE = "{urn:xmpp:forward:0}forwarded/{jabber:client}message"
+
+
+def carried_message(stanza: etree._Element) -> etree._Element:
+    """The message a carbon copy carries; any other stanza is itself."""
+    if stanza.tag == MESSAGE:
+        for child in stanza:
+            if child.tag in CARBONS:
+                inner = child.find(FORWARDED_MESSAGE)
+                return stanza if inner is None else inner
+    return stanza
+
+
+def is_call_signal(stanza: etree._Element) -> bool:
+    """A XEP-0353 call message of any kind (propose, ringing, proceed, accept, reject, retract, finish).
+    Sent to a bare JID it rings, or stops ringing, on every device of the account."""
+    return stanza.tag == MESSAGE and any(child.tag in CALL or child.tag in CALL_SIGNALS for child in stanza)
+
+
 def is_important(stanza: etree._Element) -> bool:
     """A message with a body, an encrypted message, a call being offered or withdrawn, or a
-    subscription request. Not: chat states, receipts, markers, other presence, headlines, errors."""
+    subscription request, or a carbon copy of one of these. Not: chat states, receipts, markers,
+    other presence, headlines, errors."""
+    stanza = carried_message(stanza)
     if stanza.tag == PRESENCE:
         return stanza.get("type") == "subscribe"
     if stanza.tag != MESSAGE or stanza.get("type") in ("error", "headline"):
@@ -51,10 +75,13 @@ def is_important(stanza: etree._Element) -> bool:
 
 def is_time_critical(stanza: etree._Element) -> bool:
     """Must reach a connected client without delay (CSI never holds it), though it wakes no phone."""
+    stanza = carried_message(stanza)
     return stanza.tag == MESSAGE and any(child.tag in CALL_SIGNALS for child in stanza)
 
 
 def is_kept(stanza: etree._Element) -> bool:
     """A message the server keeps for its recipient: stored offline when no resource can take it
-    (XEP-0160), recorded durably on its way to a stream-managed one. Chat or normal, and it matters."""
-    return stanza.tag == MESSAGE and stanza.get("type", "normal") in ("normal", "chat") and is_important(stanza)
+    (XEP-0160), recorded durably on its way to a stream-managed one. Chat or normal, and it matters;
+    never a carbon copy (the original is kept for the device it was sent to)."""
+    return (stanza.tag == MESSAGE and stanza.get("type", "normal") in ("normal", "chat")
+            and carried_message(stanza) is stanza and is_important(stanza))

@@ -120,7 +120,7 @@ class Presence:
         # RFC 6121 §4.2.2: probe the contacts we are subscribed to; locally that is answering the probe.
         for item in items:
             if item.subscription in ("to", "both"):
-                self._send_presences_of(_jid(item.jid), session)
+                await self._send_presences_of(_jid(item.jid), session)
         for other in self.server.available_sessions(session.bare):
             if other is not session and other.presence is not None:
                 session.deliver(_addressed(other.presence, session.full))
@@ -218,13 +218,14 @@ class Presence:
         for session in self.server.available_sessions(str(user)):
             self._route(_addressed(session.presence, str(prober)), prober, session)
 
-    def _send_presences_of(self, contact: JID, session: "Session") -> None:
-        """The answer to a probe of a local contact, delivered straight to the new session."""
+    async def _send_presences_of(self, contact: JID, session: "Session") -> None:
+        """The answer to a probe of a local contact, routed straight to the new session (through the
+        router, whose screens may stop it: XEP-0191 blocking)."""
         if not self.server.is_local(contact):
             return
         for other in self.server.available_sessions(str(contact.bare)):
             if other.presence is not None:
-                session.deliver(_addressed(other.presence, session.full))
+                await settle(self.server.router.route(_addressed(other.presence, session.full), session.jid, other))
 
     # ================================================================ subscriptions
     async def _state(self, username: str, contact: str) -> tuple[RosterItem | None, SubState]:

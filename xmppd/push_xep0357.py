@@ -8,7 +8,8 @@ the account's hibernated sessions, or is stored offline, the server publishes a
 summary to the app server, which turns it into an APNs or FCM push.
 
 What it does right where others do not (../shared/reference/push-and-resumption.md):
-- the user's own outgoing messages and carbons of them never cause a push;
+- the user's own outgoing messages and carbons of them never cause a push (carbons of
+  received messages do, like the messages themselves);
 - per device, the first push goes out at once, later ones within
   [push] coalesce_window are merged into one trailing push that always follows
   the last important stanza; calls are never delayed or merged;
@@ -33,7 +34,7 @@ from lxml import etree
 from .aio import reactor_clock, run_soon
 from .appserver.encryption import FIELD_ALG, FIELD_KEY, NS_ENCRYPT
 from .dataforms import NS_DATA, add_field, form_type, submit_form
-from .importance import CALL, ENCRYPTED, is_important
+from .importance import CALL, ENCRYPTED, carried_message, is_important
 from .jid import JID, InvalidJID
 from .router import require_owner
 from .server import SCOPE_ACCOUNT
@@ -237,12 +238,15 @@ class PushNotifications:
     # ------------------------------------------------------------ when to push
     def _parked(self, username: str, stanza: etree._Element, session: "Session | None") -> None:
         """Something for `username` could not reach a connected client: it waits in a hibernated
-        session (`session`) or in storage (None). Push if it matters and was not sent by the user."""
+        session (`session`) or in storage (None). Push if it matters and was not sent by the user.
+        A XEP-0280 carbon is judged by the message it carries: a copy of a received message wakes
+        the phone like the message would, a copy of one the user sent never does."""
+        stanza = carried_message(stanza)
         if not is_important(stanza):
             return
         sender = stanza.get("from") or ""
         if sender.partition("/")[0] == f"{username}@{self.server.domain}":
-            return   # the user's own message (from another resource, or a carbon of it)
+            return   # the user's own message (from another resource, or a sent carbon of it)
         if session is not None:
             key = self._by_session.get(session)
             device = self._devices.get(key) if key is not None else None

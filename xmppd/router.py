@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Awaitable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from lxml import etree
 
 from .aio import settle
-from .importance import is_kept
+from .importance import is_call_signal, is_kept
 from .jid import JID, InvalidJID
 from .stanza import IQ, MESSAGE, PRESENCE, StanzaError, error_reply, serialize
 
@@ -35,6 +35,10 @@ class Router:
         # Set by the offline-storage module; without it, a message for an account with no available
         # resource is answered with <service-unavailable/> (RFC 6121 §8.5.2.2.1).
         self.offline_handler = None
+        # Checks every routed stanza passes first (XEP-0191 blocking): screen(stanza, to, origin) returns
+        # True if it took the stanza (dropped or answered it), False to let it pass, or an awaitable of
+        # either when it must ask storage first.
+        self.screens: list[Callable[[etree._Element, JID, "Session | None"], "bool | Awaitable[bool]"]] = []
 
     # ------------------------------------------------------------ entry points
     def from_client(self, session: "Session", stanza: etree._Element) -> Awaitable | None:
@@ -61,7 +65,33 @@ class Router:
         return self.route(stanza, to, session)
 
     def route(self, stanza: etree._Element, to: JID, origin: "Session | None" = None) -> Awaitable | None:
-        """Deliver a stanza whose 'from' is trustworthy to `to`."""
+        """Deliver a stanza whose 'from' is trustworthy to `to` (`origin`: the local session that sent it)."""
+        return self._screen(stanza, to, origin, 0)
+
+    def _screen(self, stanza: etree._Element, to: JID, origin: "Session | None", first: int) -> Awaitable | None:
+        for index in range(first, len(self.screens)):
+            verdict = self.screens[index](stanza, to, origin)
+            if verdict is True:
+                return None
+            if verdict is not False:
+                return self._screen_later(verdict, stanza, to, origin, index + 1)
+        return self._route(stanza, to, origin)
+
+    async def _screen_later(self, verdict: Awaitable[bool], stanza: etree._Element, to: JID,
+                            origin: "Session | None", next_screen: int) -> None:
+        try:
+            taken = await verdict
+        except Exception:
+            log.exception("screening a %s to %s failed", etree.QName(stanza).localname, to)
+            await settle(self.bounce(stanza, "internal-server-error"))
+            return
+        if not taken:
+            await settle(self._screen(stanza, to, origin, next_screen))
+
+    def _route(self, stanza: etree._Element, to: JID, origin: "Session | None") -> Awaitable | None:
+        if origin is not None and stanza.tag == MESSAGE:
+            # A message a local user sent, on its way (XEP-0280 sent carbons, archiving).
+            self.server.fire("message-sent", origin, stanza, to)
         if to.domain != self.server.domain:
             component = self.server.components.get(to.domain)
             if component is not None:
@@ -131,7 +161,9 @@ class Router:
         if message_type == "groupchat":
             return self.bounce(stanza, "service-unavailable")
         candidates = [s for s in self.server.available_sessions(str(to)) if s.priority >= 0]
-        if message_type != "headline" and candidates:
+        # RFC 6121 §8.5.2.1.1 lets the server pick the highest-priority resources or all of them. A call
+        # (XEP-0353) rings on every device, and every device must learn that it stopped ringing.
+        if message_type != "headline" and candidates and not is_call_signal(stanza):
             top = max(s.priority for s in candidates)
             candidates = [s for s in candidates if s.priority == top]
         if candidates:
@@ -139,12 +171,16 @@ class Router:
             return None
         if message_type == "headline":
             return None
+        self.server.fire("message-delivered", stanza, to.local, ())
         return self._no_available_resource(stanza, to)
 
     def _deliver_message(self, stanza: etree._Element, username: str, sessions) -> None:
         """Write a message to these sessions of one account, serialised once. If a stream-managed
         session is among them and the message is one the server keeps, it is recorded in the journal
-        first (without waiting for the commit), so that it survives until a client acknowledges it."""
+        first (without waiting for the commit), so that it survives until a client acknowledges it.
+        Modules see it first ('message-delivered'; they may still change it: carbons takes out
+        <private/>)."""
+        self.server.fire("message-delivered", stanza, username, sessions)
         data = serialize(stanza)
         entry = None
         if any(session.sm is not None for session in sessions) and is_kept(stanza):

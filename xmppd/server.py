@@ -163,7 +163,11 @@ class Server:
         features, previous features: caps.py learnt what the client supports), 'new-subscriber' (user's bare
         JID, contact JID: the contact now has a subscription to the user's presence), 'pep-published'
         (username, node, PepItem: awaited before the publish is answered), 'vcard-changed' (username,
-        <vCard/>, publisher's full JID: awaited before the set is answered)."""
+        <vCard/>, publisher's full JID: awaited before the set is answered), 'message-sent' (session,
+        message, to: a local user's message on its way out, before it is routed), 'message-delivered'
+        (message, username, sessions: a message for a local account, about to be written to these of
+        its sessions; none when it goes to offline storage or is refused). The message hooks run on
+        the hot path: their callbacks are synchronous and cheap."""
         self._hooks[event].append(callback)
 
     def fire(self, event: str, *args: Any) -> list[Awaitable]:

@@ -291,6 +291,7 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def take_resumable_sessions(self) -> list[ResumableSession]:
         """Return every saved session and delete them, in one transaction (a session is restored once)."""
+
     # -- XEP-0363 HTTP file upload (upload.py) ------------------------------------------
     # One row per slot, stored file or not yet; deleted with the account (its files are
     # then swept from disk by the upload module's expiry job).
@@ -318,6 +319,7 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def upload_known(self, slots: Sequence[str]) -> set[str]:
         """Which of these slots exist."""
+
     # -- PEP (XEP-0163) nodes and items (pep.py) ----------------------------------------
     # A node belongs to an account and goes with it; its items go with the node. config is
     # the node's configuration as a JSON text, opaque here. Items come back oldest first;
@@ -371,3 +373,18 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def set_private_xml(self, username: str, namespace: str, xml: str | None) -> None:
         """Store (or with None delete) the element for its namespace. StorageError for an unknown user."""
+
+    # -- block lists (XEP-0191) ----------------------------------------------------
+
+    @abc.abstractmethod
+    async def get_blocklist(self, username: str) -> list[str]:
+        """The JIDs the user blocks, sorted."""
+
+    @abc.abstractmethod
+    async def block_jids(self, username: str, jids: list[str], max_items: int) -> list[str] | None:
+        """Add JIDs to the block list (ones already there are fine); returns those that were new, or
+        None, changing nothing, if the list would then hold more than max_items."""
+
+    @abc.abstractmethod
+    async def unblock_jids(self, username: str, jids: list[str] | None) -> list[str]:
+        """Remove these JIDs (None: all of them) from the block list; returns those that were there."""

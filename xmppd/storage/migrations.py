@@ -234,6 +234,18 @@ MIGRATIONS: list[Migration] = [
             )""",
         ),
     ),
+    Migration(
+        7,
+        "XEP-0191 block lists",
+        (
+            # One row per blocked JID (user@domain/resource, user@domain, domain/resource or domain).
+            """CREATE TABLE blocked_jids (
+                username {KEY} NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+                jid {KEY} NOT NULL,
+                PRIMARY KEY (username, jid)
+            )""",
+        ),
+    ),
 ]
 
 _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (

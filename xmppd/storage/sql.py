@@ -251,6 +251,7 @@ class SQLStorage(Storage):
 
     async def take_resumable_sessions(self) -> list[ResumableSession]:
         return await self._run(_take_resumable_sessions)
+
     async def upload_reserve(self, slot: UploadSlot, quota: int) -> int | None:
         return await self._run(_upload_reserve, slot, quota)
 
@@ -269,6 +270,7 @@ class SQLStorage(Storage):
 
     async def upload_known(self, slots: Sequence[str]) -> set[str]:
         return await self._run(_upload_known, list(slots))
+
     async def pep_nodes(self, username: str) -> dict[str, str]:
         return await self._run(_pep_nodes, username)
 
@@ -309,6 +311,15 @@ class SQLStorage(Storage):
 
     async def set_private_xml(self, username: str, namespace: str, xml: str | None) -> None:
         await self._run(_set_private_xml, username, namespace, xml)
+
+    async def get_blocklist(self, username: str) -> list[str]:
+        return await self._run(_get_blocklist, username)
+
+    async def block_jids(self, username: str, jids: list[str], max_items: int) -> list[str] | None:
+        return await self._run(_block_jids, username, jids, max_items)
+
+    async def unblock_jids(self, username: str, jids: list[str] | None) -> list[str]:
+        return await self._run(_unblock_jids, username, jids)
 
 
 # -- accounts -------------------------------------------------------------
@@ -912,6 +923,8 @@ def _take_resumable_sessions():
     yield execute("DELETE FROM resumable_sessions")
     return [ResumableSession(resume_id, username, resource, handled, acked, remaining, details, _utc(saved_at))
             for resume_id, username, resource, handled, acked, remaining, details, saved_at in rows]
+
+
 # -- XEP-0363 HTTP file upload ------------------------------------------------------
 
 _UPLOAD_COLUMNS = "slot, username, filename, size, content_type, created_at, uploaded_at"
@@ -967,6 +980,8 @@ def _upload_known(slots):
         rows = yield select(f"SELECT slot FROM uploads WHERE slot IN ({placeholders})", *params)
         known.update(slot for (slot,) in rows)
     return known
+
+
 # -- PEP nodes and items -------------------------------------------------------------
 # A publish locks its node's row (a no-op UPDATE) before touching items, so that concurrent
 # publishes to one node on PostgreSQL take turns: the replace-by-id and the trim to
@@ -1084,3 +1099,34 @@ def _set_private_xml(username, namespace, xml):
             " ON CONFLICT (username, namespace) DO UPDATE SET xml = excluded.xml",
             username, namespace, xml,
         )
+
+
+# -- block lists (XEP-0191) -------------------------------------------------------
+
+
+def _get_blocklist(username):
+    rows = yield select("SELECT jid FROM blocked_jids WHERE username = ? ORDER BY jid", username)
+    return [jid for (jid,) in rows]
+
+
+@atomic
+def _block_jids(username, jids, max_items):
+    present = set((yield from _get_blocklist(username)))
+    new = sorted(set(jids) - present)
+    if len(present) + len(new) > max_items:
+        return None
+    if new:
+        yield execute_many("INSERT INTO blocked_jids (username, jid) VALUES (?, ?)", [(username, jid) for jid in new])
+    return new
+
+
+@atomic
+def _unblock_jids(username, jids):
+    present = yield from _get_blocklist(username)
+    gone = present if jids is None else sorted(set(jids) & set(present))
+    if jids is None:
+        yield execute("DELETE FROM blocked_jids WHERE username = ?", username)
+        return gone
+    for placeholders, values in _in_lists(gone):
+        yield execute(f"DELETE FROM blocked_jids WHERE username = ? AND jid IN ({placeholders})", username, *values)
+    return gone
