@@ -946,6 +946,9 @@ class ExtDiscoConfig:
         (), ExternalServices(),
         "The STUN and TURN servers clients are told about, one [[extdisco.services]] table each. "
         "Only local accounts that are logged in are answered.")
+
+
+@dataclass(frozen=True)
 class BlockingConfig:
     """Settings of the blocking module (XEP-0191 Blocking Command)."""
 
