@@ -11,6 +11,8 @@ two schemas are the same text, differing only in that table:
                (SQLite may reuse the id of the newest row once it is deleted)
   {COUNTER}    the same, but an id is never given out twice, even after its
                row is deleted (an id handed to a client stays unambiguous)
+  {BIGKEY}     a 64-bit integer primary key the application assigns (SQLite's
+               rowid, so the table is ordered by it without another index)
   {TIMESTAMP}  a point in time (SQLite has no such type and stores text; see
                sql._timestamp_param for the one format written, which sorts
                in time order as text)
@@ -39,6 +41,7 @@ DIALECT_WORDS = {
         "SERIAL": "INTEGER PRIMARY KEY",  # the rowid: a new row gets max(rowid) + 1
         "COUNTER": "INTEGER PRIMARY KEY AUTOINCREMENT",  # the rowid, above any it ever had (sqlite_sequence)
         "TIMESTAMP": "TEXT",
+        "BIGKEY": "INTEGER PRIMARY KEY",
     },
     "postgresql": {
         "KEY": 'TEXT COLLATE "C"',  # not the database's locale
@@ -46,6 +49,7 @@ DIALECT_WORDS = {
         "SERIAL": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
         "COUNTER": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",  # a sequence never goes back
         "TIMESTAMP": "TIMESTAMPTZ",
+        "BIGKEY": "BIGINT PRIMARY KEY",
     },
 }
 
@@ -162,6 +166,31 @@ MIGRATIONS: list[Migration] = [
                 UNIQUE (app, owner, device_id, muc)
             )""",
             "CREATE INDEX appserver_registrations_owner ON appserver_registrations (owner, created_at)",
+        ),
+    ),
+    Migration(
+        4,
+        "message archive (XEP-0313) and archiving preferences",
+        (
+            # seq: microseconds since the epoch when the server took the message, made unique (mam.py);
+            # it orders every archive, bounds time queries and lets expiry delete by the primary key.
+            """CREATE TABLE mam_archive (
+                seq {BIGKEY},
+                tag BIGINT NOT NULL,
+                owner {KEY} NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+                with_bare {KEY} NOT NULL,
+                with_resource {KEY} NOT NULL,
+                stanza_xml TEXT NOT NULL
+            )""",
+            "CREATE INDEX mam_archive_owner ON mam_archive (owner, seq)",
+            "CREATE INDEX mam_archive_owner_with ON mam_archive (owner, with_bare, seq)",
+            # JID lists are newline-separated (a JID holds no newline).
+            """CREATE TABLE mam_prefs (
+                username {KEY} PRIMARY KEY REFERENCES users (username) ON DELETE CASCADE,
+                default_mode TEXT NOT NULL CHECK (default_mode IN ('always', 'never', 'roster')),
+                always_jids TEXT NOT NULL,
+                never_jids TEXT NOT NULL
+            )""",
         ),
     ),
 ]
