@@ -28,7 +28,7 @@ from . import jid
 
 # Optional feature modules an operator may enable; the server imports this
 # tuple too, so the set of names lives only here.
-OPTIONAL_MODULES = ("version", "vcard", "register", "offline", "csi", "stream_mgmt", "push", "appserver")
+OPTIONAL_MODULES = ("version", "vcard", "register", "offline", "csi", "stream_mgmt", "push", "appserver", "mam")
 
 # SASL mechanisms the server implements (the -PLUS variants follow
 # auth.channel_binding rather than being listed).
@@ -507,7 +507,7 @@ class ModulesConfig:
     """Optional features; the core protocol is always on."""
 
     enabled: tuple[str, ...] = _option(
-        ("version", "vcard", "offline", "csi", "stream_mgmt", "push"),
+        ("version", "vcard", "offline", "csi", "stream_mgmt", "push", "mam"),
         Strings("distinct names", choices=OPTIONAL_MODULES),
         "Optional modules to load: version (XEP-0092), vcard (XEP-0054), "
         "register (XEP-0077 in-band registration: anyone who can connect can create "
@@ -518,7 +518,9 @@ class ModulesConfig:
         "(XEP-0198: acknowledgements, and sessions that survive a broken connection and "
         "are resumed; it loads offline too), push (XEP-0357: wake a sleeping phone through "
         "its push app server; see [push]), appserver (the built-in push app server on "
-        "[appserver] domain, which sends to APNs and FCM; see [appserver]).")
+        "[appserver] domain, which sends to APNs and FCM; see [appserver]), mam (XEP-0313: "
+        "every account's messages are archived on the server, so that each of its devices "
+        "reads what it missed; see [mam]).")
 
 
 @dataclass(frozen=True)
@@ -645,6 +647,24 @@ class PushConfig:
         "app a push woke resumes instead of starting over. After [stream_mgmt] "
         "resume_timeout its contacts see it offline; messages go to offline storage and "
         "come back when it resumes. 0: no longer than resume_timeout.")
+
+
+@dataclass(frozen=True)
+class MamConfig:
+    """Settings of the mam module (XEP-0313 Message Archive Management)."""
+
+    default: str = _option(
+        "always", OneOf(("always", "never", "roster")),
+        "What is archived for an account that has not chosen (XEP-0441 preferences): "
+        "\"always\" every message with content, \"never\" none, \"roster\" only messages "
+        "with contacts in its roster (each such message costs a roster read).")
+    retention: float = _option(
+        0.0, Number(0, 36500, note="days; 0 keeps messages for ever"),
+        "Archived messages older than this are deleted (checked every hour, oldest first).")
+    max_page_size: int = _option(
+        250, Int(1, 10000, "messages"),
+        "Most messages one query returns; a client asking for more (or for no limit) gets "
+        "this many and pages on with RSM.")
 
 
 @dataclass(frozen=True)
@@ -782,6 +802,7 @@ class Config:
     stream_mgmt: StreamMgmtConfig = field(default_factory=StreamMgmtConfig)
     push: PushConfig = field(default_factory=PushConfig)
     appserver: AppServerConfig = field(default_factory=AppServerConfig)
+    mam: MamConfig = field(default_factory=MamConfig)
 
 
 @dataclass(frozen=True)

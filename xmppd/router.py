@@ -58,6 +58,9 @@ class Router:
                 return self._iq_to_account(stanza, session.bare_jid, session)
         elif to is None:
             to = session.bare_jid  # RFC 6120 §10.3.1: a message without 'to' goes to the sender's bare JID
+        if tag == MESSAGE:
+            # Modules see what a client sends (the archive keeps the sender's copy); delivery never waits for them.
+            self.server.schedule(self.server.fire("message-sent", session, stanza, to), f"a message from {session.full}")
         return self.route(stanza, to, session)
 
     def route(self, stanza: etree._Element, to: JID, origin: "Session | None" = None) -> Awaitable | None:
@@ -73,6 +76,24 @@ class Router:
             return self.bounce(stanza, "remote-server-not-found", f"{to.domain} is not reachable from here")
         if to.local is None:
             return self._to_server(stanza, to, origin)
+        if stanza.tag == MESSAGE:
+            # Modules may change a message for an account before it is delivered or stored (the archive stamps
+            # its stanza-id); one that must ask storage first returns an awaitable, and delivery waits for it.
+            pending = self.server.fire("message-to-account", stanza, to)
+            if pending:
+                return self._to_account_after(pending, stanza, to, origin)
+        return self._to_account(stanza, to, origin)
+
+    async def _to_account_after(self, pending: list[Awaitable], stanza: etree._Element, to: JID,
+                                origin: "Session | None") -> None:
+        for awaitable in pending:
+            try:
+                await awaitable
+            except Exception:
+                log.exception("a message-to-account hook failed for a message to %s", to)
+        await settle(self._to_account(stanza, to, origin))
+
+    def _to_account(self, stanza: etree._Element, to: JID, origin: "Session | None") -> Awaitable | None:
         if to.resource is None:
             return self._to_bare(stanza, to, origin)
         return self._to_full(stanza, to, origin)

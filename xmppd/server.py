@@ -153,7 +153,9 @@ class Server:
         """Run `callback` when `event` fires. Hooks in use: 'session-bound' (session),
         'session-ended' (session), 'session-resumed' (session), 'initial-presence' (session),
         'account-deleted' (username), 'parked' (username, stanza, session or None: a stanza for the
-        account waits in a hibernated session's queue or in offline storage)."""
+        account waits in a hibernated session's queue or in offline storage), 'message-sent' (session,
+        stanza, to: a client sent a message; awaitables run in the background), 'message-to-account'
+        (stanza, to: a message is about to reach a local account; delivery waits for awaitables)."""
         self._hooks[event].append(callback)
 
     def fire(self, event: str, *args: Any) -> list[Awaitable]:
