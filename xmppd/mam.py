@@ -27,7 +27,7 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Awaitable
 
 from lxml import etree
@@ -66,6 +66,7 @@ MAX_PREFS_JIDS = 1000
 EXPIRY_INTERVAL = 3600.0
 EXPIRY_BATCH = 5000
 FORM_FIELDS = ("with", "start", "end", "before-id", "after-id", "ids")
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 # ---------------------------------------------------------------- ids and time
@@ -113,7 +114,7 @@ def parse_time(text: str, name: str) -> int:
         moment = None
     if moment is None or moment.tzinfo is None:
         raise StanzaError("bad-request", f"'{name}' must be a XEP-0082 date-time such as 2024-05-06T07:08:09Z")
-    return int(moment.timestamp()) * 1_000_000 + moment.microsecond
+    return (moment - EPOCH) // timedelta(microseconds=1)
 
 
 # ---------------------------------------------------------------- queries (sans-IO)
@@ -305,6 +306,12 @@ class ArchiveWriter:
                     else:
                         waiting.append((target, future))
                 self._waiters = waiting
+        except asyncio.CancelledError:
+            # Shutdown gave up while the storage kept failing; the messages themselves were delivered or
+            # are in the journal, only their archive copies are lost.
+            log.error("message archive: %d messages not archived (the storage kept failing until shutdown)",
+                      self._added - self._written)
+            raise
         finally:
             self._writing = False
 
