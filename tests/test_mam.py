@@ -239,7 +239,7 @@ def test_filters_with_time_and_ids(xmppd, account):
 
 
 def test_rsm_paging_both_ways(xmppd, account):
-    (alice, pa), (bob, pb) = account("alice"), account("bob")
+    (alice, pa), (bob, _) = account("alice"), account("bob")
 
     async def scenario():
         a = await online(xmppd, alice, pa)
@@ -342,7 +342,7 @@ def test_preferences(xmppd, account):
 
 
 def test_discovery_form_and_metadata(xmppd, account):
-    (alice, pa), (bob, pb) = account("alice"), account("bob")
+    (alice, pa), (bob, _) = account("alice"), account("bob")
 
     async def scenario():
         a = await online(xmppd, alice, pa)
