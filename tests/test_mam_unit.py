@@ -320,3 +320,21 @@ def test_retention_deletes_old_messages_every_hour(backend, tmp_path):
         assert clock.getDelayedCalls()[0].getTime() == 60 + 3600
 
     run_server(backend, tmp_path, test, "[mam]\nretention = 30\n")
+
+
+def test_a_deleted_account_is_forgotten(backend, tmp_path):
+    async def test(server, clock):
+        archive = server.modules["mam"]
+        await server.storage.mam_append([ArchiveRow(10, 1, "alice", "bob@localhost", "", "<message/>")])
+        assert await archive._load_prefs("alice") is not None
+        assert await server.storage.delete_user("alice")
+        server.fire("account-deleted", "alice")
+        assert await server.storage.mam_count("alice", ArchiveFilter()) == 0
+        bob = online(server, "bob")
+        await send(server, bob, "<message to='alice@localhost' type='chat'><body>still there?</body></message>")
+        [bounce] = bob.connection.take()
+        assert bounce.get("type") == "error" and bounce.find("{urn:xmpp:sid:0}stanza-id") is None
+        await archive.barrier()
+        assert await server.storage.mam_count("bob", ArchiveFilter(with_bare="alice@localhost")) == 1
+
+    run_server(backend, tmp_path, test)
