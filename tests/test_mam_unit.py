@@ -158,6 +158,8 @@ def test_preferences_parse_and_render():
     ("<message type='chat'><body>off the record</body><no-store xmlns='urn:xmpp:hints'/></message>", False),
     ("<message type='chat'><body>x</body><no-permanent-store xmlns='urn:xmpp:hints'/></message>", False),
     ("<message type='headline'><body>news</body></message>", False),
+    ("<message type='chat'><sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'>"
+     "<message xmlns='jabber:client' type='chat'><body>copy</body></message></forwarded></sent></message>", False),
     ("<message type='groupchat'><body>room</body></message>", False),
     ("<message type='error'><body>bounced</body></message>", False),
 ])

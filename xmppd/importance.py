@@ -70,15 +70,19 @@ ARCHIVED_SIGNALS = CALL_SIGNALS | frozenset(f"{{urn:xmpp:chat-markers:0}}{name}"
                                             for name in ("received", "displayed", "acknowledged"))
 
 
+# XEP-0280 carbon copies: the original message is archived, never a copy of it.
+CARBONS = frozenset(("{urn:xmpp:carbons:2}received", "{urn:xmpp:carbons:2}sent"))
+
+
 def is_archived(stanza: etree._Element) -> bool:
     """A 1:1 message the message archive (XEP-0313) keeps for both parties: chat or normal, not marked
-    no-store, and one that matters (body, encrypted payload, call offer), a call signal, a chat marker, or
-    one whose sender asked for it to be stored (XEP-0334 <store/>)."""
+    no-store, not a carbon copy, and one that matters (body, encrypted payload, call offer), a call signal,
+    a chat marker, or one whose sender asked for it to be stored (XEP-0334 <store/>)."""
     if stanza.tag != MESSAGE or stanza.get("type", "normal") not in ("normal", "chat"):
         return False
     wanted = False
     for child in stanza:
-        if child.tag in HINTS_NO_STORE:
+        if child.tag in HINTS_NO_STORE or child.tag in CARBONS:
             return False
         if child.tag == HINT_STORE or child.tag in ARCHIVED_SIGNALS:
             wanted = True

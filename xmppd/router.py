@@ -58,13 +58,13 @@ class Router:
                 return self._iq_to_account(stanza, session.bare_jid, session)
         elif to is None:
             to = session.bare_jid  # RFC 6120 §10.3.1: a message without 'to' goes to the sender's bare JID
-        if tag == MESSAGE:
-            # Modules see what a client sends (the archive keeps the sender's copy); delivery never waits for them.
-            self.server.schedule(self.server.fire("message-sent", session, stanza, to), f"a message from {session.full}")
         return self.route(stanza, to, session)
 
     def route(self, stanza: etree._Element, to: JID, origin: "Session | None" = None) -> Awaitable | None:
-        """Deliver a stanza whose 'from' is trustworthy to `to`."""
+        """Deliver a stanza whose 'from' is trustworthy to `to` (`origin`: the local session that sent it)."""
+        if origin is not None and stanza.tag == MESSAGE:
+            # A message a local user sent, on its way (archiving); delivery never waits for these hooks.
+            self.server.schedule(self.server.fire("message-sent", origin, stanza, to), f"a message from {origin.full}")
         if to.domain != self.server.domain:
             component = self.server.components.get(to.domain)
             if component is not None:

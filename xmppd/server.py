@@ -154,7 +154,8 @@ class Server:
         'session-ended' (session), 'session-resumed' (session), 'initial-presence' (session),
         'account-deleted' (username), 'parked' (username, stanza, session or None: a stanza for the
         account waits in a hibernated session's queue or in offline storage), 'message-sent' (session,
-        stanza, to: a client sent a message; awaitables run in the background), 'message-to-account'
+        stanza, to: a local user's message on its way, before it is routed; awaitables run in the
+        background), 'message-to-account'
         (stanza, to: a message is about to reach a local account; delivery waits for awaitables)."""
         self._hooks[event].append(callback)
 
