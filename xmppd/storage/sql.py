@@ -888,6 +888,7 @@ def _archive_where(owner: str, where: ArchiveFilter) -> tuple[str, list[Any]]:
             params.append(value)
     if where.ids is not None:
         ids = sorted(set(where.ids)) or [-1]   # no ids: nothing matches
+        ids += ids[-1:] * ((1 << (len(ids) - 1).bit_length()) - len(ids))   # few statement texts, as _in_lists
         clauses.append(f"seq IN ({', '.join('?' * len(ids))})")
         params.extend(ids)
     return " AND ".join(clauses), params
