@@ -132,8 +132,11 @@ BAD = [
     ("auth", "throttle_window", "0.0", "must be a number greater than 0 (seconds)"),
     ("modules", "enabled", '["vcard", "muc"]',
      '"muc" is not one of these; must be a list of distinct names from "version", '
-     '"vcard", "register", "offline", "csi", "stream_mgmt", "push", "appserver", "upload", "extdisco", "pep", "private", "carbons", "blocking"'),
+     '"vcard", "register", "offline", "csi", "stream_mgmt", "push", "appserver", "upload", "extdisco", "pep", "private", "carbons", "blocking", "mam"'),
     ("version", "show_os", '"false"', "must be true or false"),
+    ("mam", "default", '"sometimes"', 'must be one of "always", "never", "roster"'),
+    ("mam", "retention", "-1", "must be a number from 0 to 36500 (days; 0 keeps messages for ever)"),
+    ("mam", "max_page_size", "0", "must be an integer from 1 to 10000 (messages)"),
     ("metrics", "port", "70000", "must be an integer from 0 to 65535 (0 turns the endpoint off)"),
     ("metrics", "interface", '""', "must be a string (not empty)"),
     ("control", "socket", "5", 'must be a file path of at most 107 bytes, or "" for no control socket'),
@@ -302,7 +305,7 @@ def test_unknown_section_lists_allowed_sections(base):
     assert refusal(base, srever={"domain": '"example.org"'}) == [
         "test.toml: [srever]: unknown section (did you mean [server]?); allowed sections: "
         "[server], [logging], [storage], [tls], [c2s], [auth], [modules], [metrics], [control], [version], "
-        "[register], [offline], [csi], [stream_mgmt], [push], [appserver], [upload], [extdisco], [pep], [blocking]"]
+        "[register], [offline], [csi], [stream_mgmt], [push], [appserver], [upload], [extdisco], [pep], [blocking], [mam]"]
 
 
 def test_top_level_key_points_to_its_section(base):
@@ -312,7 +315,7 @@ def test_top_level_key_points_to_its_section(base):
     assert str(caught.value) == (
         'test.toml: domain = "example.org": unknown top-level key (did you mean [server] '
         "domain?); every key belongs in a section: [server], [logging], [storage], [tls], "
-        "[c2s], [auth], [modules], [metrics], [control], [version], [register], [offline], [csi], [stream_mgmt], [push], [appserver], [upload], [extdisco], [pep], [blocking]")
+        "[c2s], [auth], [modules], [metrics], [control], [version], [register], [offline], [csi], [stream_mgmt], [push], [appserver], [upload], [extdisco], [pep], [blocking], [mam]")
 
 
 def test_section_that_is_not_a_table(base):
@@ -332,7 +335,7 @@ def test_all_problems_are_reported_at_once(base):
         parse_config(text, source="conf/xmppd.toml", base_dir=str(base))
     assert caught.value.errors == (
         "conf/xmppd.toml: [bogus]: unknown section; allowed sections: [server], [logging], "
-        "[storage], [tls], [c2s], [auth], [modules], [metrics], [control], [version], [register], [offline], [csi], [stream_mgmt], [push], [appserver], [upload], [extdisco], [pep], [blocking]",
+        "[storage], [tls], [c2s], [auth], [modules], [metrics], [control], [version], [register], [offline], [csi], [stream_mgmt], [push], [appserver], [upload], [extdisco], [pep], [blocking], [mam]",
         'conf/xmppd.toml: [server] domain = "a..b": invalid domain name (empty label in domainpart); '
         'must be a DNS domain name such as "example.org" (internationalized names allowed)',
         "conf/xmppd.toml: [c2s] prot = 1: unknown key (did you mean port?); allowed keys "
@@ -510,7 +513,7 @@ def test_defaults(tmp_path):
     assert config.c2s.interfaces == ("127.0.0.1", "::1")
     assert config.auth.mechanisms == ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
     assert config.modules.enabled == ("version", "vcard", "offline", "csi", "stream_mgmt", "push", "pep", "private",
-                                      "carbons", "blocking")
+                                      "carbons", "blocking", "mam")
     assert config.upload.directory == str(tmp_path / "uploads")
     for option in OPTIONS:
         if (option.section, option.key) not in (("storage", "sqlite_path"), ("upload", "directory"),

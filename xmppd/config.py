@@ -29,7 +29,8 @@ from . import jid
 # Optional feature modules an operator may enable; the server imports this
 # tuple too, so the set of names lives only here.
 OPTIONAL_MODULES = ("version", "vcard", "register", "offline", "csi", "stream_mgmt", "push", "appserver",
-                    "upload", "extdisco", "pep", "private", "carbons", "blocking")
+                    "upload", "extdisco", "pep", "private", "carbons", "blocking",
+                    "mam")
 
 # SASL mechanisms the server implements (the -PLUS variants follow
 # auth.channel_binding rather than being listed).
@@ -515,7 +516,8 @@ class ModulesConfig:
     """Optional features; the core protocol is always on."""
 
     enabled: tuple[str, ...] = _option(
-        ("version", "vcard", "offline", "csi", "stream_mgmt", "push", "pep", "private", "carbons", "blocking"),
+        ("version", "vcard", "offline", "csi", "stream_mgmt", "push", "pep", "private", "carbons", "blocking",
+         "mam"),
         Strings("distinct names", choices=OPTIONAL_MODULES),
         "Optional modules to load: version (XEP-0092), vcard (XEP-0054), "
         "register (XEP-0077 in-band registration: anyone who can connect can create "
@@ -533,7 +535,9 @@ class ModulesConfig:
         "service for OMEMO keys, avatars, bookmarks; see [pep]), private (XEP-0049 private XML "
         "storage: bookmarks of older clients), carbons (XEP-0280: every device of an account gets "
         "copies of the chats the others send and receive, so a call answered on one stops ringing "
-        "on the others), blocking (XEP-0191: users block JIDs and domains; see [blocking]).")
+        "on the others), blocking (XEP-0191: users block JIDs and domains; see [blocking]), mam "
+        "(XEP-0313: every account's messages are archived on the server, so that each of its "
+        "devices reads what it missed; see [mam]).")
 
 
 @dataclass(frozen=True)
@@ -698,6 +702,24 @@ class PushConfig:
         "app a push woke resumes instead of starting over. After [stream_mgmt] "
         "resume_timeout its contacts see it offline; messages go to offline storage and "
         "come back when it resumes. 0: no longer than resume_timeout.")
+
+
+@dataclass(frozen=True)
+class MamConfig:
+    """Settings of the mam module (XEP-0313 Message Archive Management)."""
+
+    default: str = _option(
+        "always", OneOf(("always", "never", "roster")),
+        "What is archived for an account that has not chosen (XEP-0441 preferences): "
+        "\"always\" every message with content, \"never\" none, \"roster\" only messages "
+        "with contacts in its roster (each such message costs a roster read).")
+    retention: float = _option(
+        0.0, Number(0, 36500, note="days; 0 keeps messages for ever"),
+        "Archived messages older than this are deleted (checked every hour, oldest first).")
+    max_page_size: int = _option(
+        250, Int(1, 10000, "messages"),
+        "Most messages one query returns; a client asking for more (or for no limit) gets "
+        "this many and pages on with RSM.")
 
 
 @dataclass(frozen=True)
@@ -983,6 +1005,7 @@ class Config:
     extdisco: ExtDiscoConfig = field(default_factory=ExtDiscoConfig)
     pep: PepConfig = field(default_factory=PepConfig)
     blocking: BlockingConfig = field(default_factory=BlockingConfig)
+    mam: MamConfig = field(default_factory=MamConfig)
 
 
 @dataclass(frozen=True)

@@ -85,3 +85,28 @@ def is_kept(stanza: etree._Element) -> bool:
     never a carbon copy (the original is kept for the device it was sent to)."""
     return (stanza.tag == MESSAGE and stanza.get("type", "normal") in ("normal", "chat")
             and carried_message(stanza) is stanza and is_important(stanza))
+
+
+# XEP-0334 hints a sender gives about archiving.
+HINT_STORE = "{urn:xmpp:hints}store"
+HINTS_NO_STORE = frozenset(("{urn:xmpp:hints}no-store", "{urn:xmpp:hints}no-permanent-store"))
+# Kept in the archive besides what matters: the rest of a call's signalling (XEP-0353 asks for it, so that
+# every device can show that a call was answered elsewhere, declined or missed) and chat markers
+# (XEP-0333), which tell a user's other devices what was read. Receipts and chat states are not kept.
+ARCHIVED_SIGNALS = CALL_SIGNALS | frozenset(f"{{urn:xmpp:chat-markers:0}}{name}"
+                                            for name in ("received", "displayed", "acknowledged"))
+
+
+def is_archived(stanza: etree._Element) -> bool:
+    """A 1:1 message the message archive (XEP-0313) keeps for both parties: chat or normal, not marked
+    no-store, not a carbon copy, and one that matters (body, encrypted payload, call offer), a call signal,
+    a chat marker, or one whose sender asked for it to be stored (XEP-0334 <store/>)."""
+    if stanza.tag != MESSAGE or stanza.get("type", "normal") not in ("normal", "chat"):
+        return False
+    wanted = False
+    for child in stanza:
+        if child.tag in HINTS_NO_STORE or child.tag in CARBONS:
+            return False
+        if child.tag == HINT_STORE or child.tag in ARCHIVED_SIGNALS:
+            wanted = True
+    return wanted or is_important(stanza)

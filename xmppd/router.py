@@ -90,8 +90,11 @@ class Router:
 
     def _route(self, stanza: etree._Element, to: JID, origin: "Session | None") -> Awaitable | None:
         if origin is not None and stanza.tag == MESSAGE:
-            # A message a local user sent, on its way (XEP-0280 sent carbons, archiving).
-            self.server.fire("message-sent", origin, stanza, to)
+            # A message a local user sent, on its way (XEP-0280 sent carbons, archiving); delivery never
+            # waits for what the hooks leave to do (the archive write).
+            pending = self.server.fire("message-sent", origin, stanza, to)
+            if pending:
+                self.server.schedule(pending, f"a message from {origin.full}")
         if to.domain != self.server.domain:
             component = self.server.components.get(to.domain)
             if component is not None:
@@ -103,6 +106,24 @@ class Router:
             return self.bounce(stanza, "remote-server-not-found", f"{to.domain} is not reachable from here")
         if to.local is None:
             return self._to_server(stanza, to, origin)
+        if stanza.tag == MESSAGE:
+            # Modules may change a message for an account before it is delivered or stored (the archive stamps
+            # its stanza-id); one that must ask storage first returns an awaitable, and delivery waits for it.
+            pending = self.server.fire("message-to-account", stanza, to)
+            if pending:
+                return self._to_account_after(pending, stanza, to, origin)
+        return self._to_account(stanza, to, origin)
+
+    async def _to_account_after(self, pending: list[Awaitable], stanza: etree._Element, to: JID,
+                                origin: "Session | None") -> None:
+        for awaitable in pending:
+            try:
+                await awaitable
+            except Exception:
+                log.exception("a message-to-account hook failed for a message to %s", to)
+        await settle(self._to_account(stanza, to, origin))
+
+    def _to_account(self, stanza: etree._Element, to: JID, origin: "Session | None") -> Awaitable | None:
         if to.resource is None:
             return self._to_bare(stanza, to, origin)
         return self._to_full(stanza, to, origin)

@@ -166,8 +166,9 @@ class Server:
         <vCard/>, publisher's full JID: awaited before the set is answered), 'message-sent' (session,
         message, to: a local user's message on its way out, before it is routed), 'message-delivered'
         (message, username, sessions: a message for a local account, about to be written to these of
-        its sessions; none when it goes to offline storage or is refused). The message hooks run on
-        the hot path: their callbacks are synchronous and cheap."""
+        its sessions; none when it goes to offline storage or is refused), 'message-to-account' (stanza,
+        to: a message is about to reach a local account; delivery waits for awaitables). The message hooks
+        run on the hot path: their callbacks are cheap; message-sent's awaitables run in the background."""
         self._hooks[event].append(callback)
 
     def fire(self, event: str, *args: Any) -> list[Awaitable]:

@@ -7,12 +7,17 @@ the record types.
 from __future__ import annotations
 
 from .base import Storage, StorageError
-from .models import (SCRAM_MECHANISMS, SUBSCRIPTIONS, AppServerRegistration, PushRegistration, RosterItem,
-                     ScramCredentials)
+from .models import (ARCHIVE_DEFAULTS, SCRAM_MECHANISMS, SUBSCRIPTIONS, AppServerRegistration, ArchivedMessage,
+                     ArchiveFilter, ArchivePrefs, ArchiveRow, PushRegistration, RosterItem, ScramCredentials)
 from .postgresql import PostgreSQLStorage
 from .sqlite import SQLiteStorage
 
 __all__ = [
+    "ARCHIVE_DEFAULTS",
+    "ArchiveFilter",
+    "ArchivePrefs",
+    "ArchiveRow",
+    "ArchivedMessage",
     "SCRAM_MECHANISMS",
     "SUBSCRIPTIONS",
     "AppServerRegistration",

@@ -16,8 +16,8 @@ import abc
 from collections.abc import Sequence
 from datetime import datetime
 
-from .models import (AppServerRegistration, PepItem, PushRegistration, ResumableSession, RosterItem,
-                     ScramCredentials, UploadSlot)
+from .models import (AppServerRegistration, ArchiveFilter, ArchivePrefs, ArchiveRow, ArchivedMessage, PepItem,
+                     PushRegistration, ResumableSession, RosterItem, ScramCredentials, UploadSlot)
 
 
 class StorageError(Exception):
@@ -388,3 +388,52 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def unblock_jids(self, username: str, jids: list[str] | None) -> list[str]:
         """Remove these JIDs (None: all of them) from the block list; returns those that were there."""
+
+    # -- XEP-0313 message archives (mam.py) ---------------------------------------------
+    # One row per message per account archiving it; deleted with the account. Rows are
+    # written in batches by mam.ArchiveWriter and read a page at a time.
+
+    @abc.abstractmethod
+    async def mam_append(self, rows: Sequence[ArchiveRow]) -> int:
+        """Archive the rows in one transaction; returns how many were stored.
+
+        A row whose owner does not exist (deleted meanwhile) is skipped, and so
+        is one whose seq is stored already (a batch retried after a failure that
+        happened after its commit), so the call can be repeated safely.
+        """
+
+    @abc.abstractmethod
+    async def mam_query(
+        self, owner: str, where: ArchiveFilter, *, limit: int, backwards: bool = False, offset: int = 0,
+        known: Sequence[tuple[int, int]] = (),
+    ) -> list[ArchivedMessage] | None:
+        """Up to `limit` messages of the owner's archive matching `where`, after skipping `offset`.
+
+        Oldest first; with backwards, newest first (the caller reverses a page read backwards).
+        None if one of the `known` (seq, tag) pairs, ids the client named, is not in this archive.
+        """
+
+    @abc.abstractmethod
+    async def mam_count(self, owner: str, where: ArchiveFilter) -> int:
+        """How many messages of the owner's archive match `where`."""
+
+    @abc.abstractmethod
+    async def mam_bounds(self, owner: str) -> tuple[ArchivedMessage, ArchivedMessage] | None:
+        """The oldest and the newest message of the archive; None if it is empty."""
+
+    @abc.abstractmethod
+    async def mam_prefs(self, username: str) -> tuple[bool, ArchivePrefs | None]:
+        """(whether the account exists, its stored preferences or None if it never set any)."""
+
+    @abc.abstractmethod
+    async def mam_set_prefs(self, username: str, prefs: ArchivePrefs) -> None:
+        """Store the account's preferences, replacing earlier ones; StorageError if there is no such user."""
+
+    @abc.abstractmethod
+    async def mam_expire(self, before_seq: int, limit: int) -> int:
+        """Delete at most `limit` of the oldest messages (of all archives) with seq below before_seq;
+        returns how many. The caller repeats while it gets `limit`."""
+
+    @abc.abstractmethod
+    async def mam_last_seq(self) -> int:
+        """The largest seq ever stored and still present (0 if none): new seqs start above it."""

@@ -246,6 +246,31 @@ MIGRATIONS: list[Migration] = [
             )""",
         ),
     ),
+    Migration(
+        8,
+        "message archive (XEP-0313) and archiving preferences",
+        (
+            # seq: microseconds since the epoch when the server took the message, made unique (mam.py);
+            # it orders every archive, bounds time queries and lets expiry delete by the primary key.
+            """CREATE TABLE mam_archive (
+                seq {BIGKEY},
+                tag BIGINT NOT NULL,
+                owner {KEY} NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+                with_bare {KEY} NOT NULL,
+                with_resource {KEY} NOT NULL,
+                stanza_xml TEXT NOT NULL
+            )""",
+            "CREATE INDEX mam_archive_owner ON mam_archive (owner, seq)",
+            "CREATE INDEX mam_archive_owner_with ON mam_archive (owner, with_bare, seq)",
+            # JID lists are newline-separated (a JID holds no newline).
+            """CREATE TABLE mam_prefs (
+                username {KEY} PRIMARY KEY REFERENCES users (username) ON DELETE CASCADE,
+                default_mode TEXT NOT NULL CHECK (default_mode IN ('always', 'never', 'roster')),
+                always_jids TEXT NOT NULL,
+                never_jids TEXT NOT NULL
+            )""",
+        ),
+    ),
 ]
 
 _SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (

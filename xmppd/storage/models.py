@@ -149,3 +149,58 @@ class PepItem:
     payload: str
     publisher: str
     published_at: datetime
+
+
+# -- XEP-0313 message archive (mam.py) ------------------------------------------------
+
+ARCHIVE_DEFAULTS = ("always", "never", "roster")
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivedMessage:
+    """One message in an account's archive.
+
+    ``seq`` orders the archive and is unique across all archives: the time the
+    server took the message, in microseconds since the epoch, bumped so that it
+    never repeats. ``tag`` is random; mam.py makes the public id from both, so
+    that ids cannot be guessed. ``with_jid`` is the other party's bare JID.
+    """
+
+    seq: int
+    tag: int
+    with_jid: str
+    stanza_xml: str
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveRow:
+    """A message to archive for one account (mam_append)."""
+
+    seq: int
+    tag: int
+    owner: str            # username
+    with_bare: str        # the other party's bare JID
+    with_resource: str    # its resource, "" if none
+    stanza_xml: str
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveFilter:
+    """Which messages of one archive a query reads; None means no limit. Bounds are seqs."""
+
+    with_bare: str | None = None
+    with_resource: str | None = None   # only with with_bare
+    start: int | None = None           # seq >= start
+    end: int | None = None             # seq <= end
+    after: int | None = None           # seq > after
+    before: int | None = None          # seq < before
+    ids: tuple[int, ...] | None = None  # seq in ids
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivePrefs:
+    """An account's archiving preferences (XEP-0441): the default, and bare or full JIDs always/never archived."""
+
+    default: str                  # one of ARCHIVE_DEFAULTS
+    always: tuple[str, ...] = ()
+    never: tuple[str, ...] = ()

@@ -25,8 +25,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .base import Storage, StorageError
-from .models import (SUBSCRIPTIONS, AppServerRegistration, PepItem, PushRegistration, ResumableSession,
-                     RosterItem, ScramCredentials, UploadSlot)
+from .models import (ARCHIVE_DEFAULTS, SUBSCRIPTIONS, AppServerRegistration, ArchiveFilter, ArchivePrefs,
+                     ArchiveRow, ArchivedMessage, PepItem, PushRegistration, ResumableSession, RosterItem,
+                     ScramCredentials, UploadSlot)
 
 
 class Result(enum.Enum):
@@ -320,6 +321,42 @@ class SQLStorage(Storage):
 
     async def unblock_jids(self, username: str, jids: list[str] | None) -> list[str]:
         return await self._run(_unblock_jids, username, jids)
+
+    async def mam_append(self, rows: Sequence[ArchiveRow]) -> int:
+        if not rows:
+            return 0
+        return await self._run(_mam_append, list(rows))
+
+    async def mam_query(
+        self, owner: str, where: ArchiveFilter, *, limit: int, backwards: bool = False, offset: int = 0,
+        known: Sequence[tuple[int, int]] = (),
+    ) -> list[ArchivedMessage] | None:
+        if operator.index(limit) < 0 or operator.index(offset) < 0:
+            raise ValueError(f"limit and offset must not be negative, not {limit!r}, {offset!r}")
+        return await self._run(_mam_query, owner, where, limit, backwards, offset, list(known))
+
+    async def mam_count(self, owner: str, where: ArchiveFilter) -> int:
+        return await self._run(_mam_count, owner, where)
+
+    async def mam_bounds(self, owner: str) -> tuple[ArchivedMessage, ArchivedMessage] | None:
+        return await self._run(_mam_bounds, owner)
+
+    async def mam_prefs(self, username: str) -> tuple[bool, ArchivePrefs | None]:
+        return await self._run(_mam_prefs, username)
+
+    async def mam_set_prefs(self, username: str, prefs: ArchivePrefs) -> None:
+        if prefs.default not in ARCHIVE_DEFAULTS:
+            raise ValueError(f"default must be one of {ARCHIVE_DEFAULTS}, not {prefs.default!r}")
+        for jid in (*prefs.always, *prefs.never):
+            if "\n" in jid or not jid:
+                raise ValueError(f"not a JID: {jid!r}")
+        await self._run(_mam_set_prefs, username, prefs)
+
+    async def mam_expire(self, before_seq: int, limit: int) -> int:
+        return await self._run(_mam_expire, operator.index(before_seq), operator.index(limit))
+
+    async def mam_last_seq(self) -> int:
+        return await self._run(_mam_last_seq)
 
 
 # -- accounts -------------------------------------------------------------
@@ -1130,3 +1167,135 @@ def _unblock_jids(username, jids):
     for placeholders, values in _in_lists(gone):
         yield execute(f"DELETE FROM blocked_jids WHERE username = ? AND jid IN ({placeholders})", username, *values)
     return gone
+
+
+# -- XEP-0313 message archive --------------------------------------------------------
+# seq is the primary key (unique across archives, see migrations.py); an account's rows are
+# read through (owner, seq) or (owner, with_bare, seq), so a page is an index range scan
+# however large the archive is.
+
+_ARCHIVE_COLUMNS = "seq, tag, owner, with_bare, with_resource, stanza_xml"
+
+
+@atomic
+def _mam_append(rows):
+    # Rows of accounts deleted meanwhile are skipped (the rest of the batch must not fail for
+    # them); a seq stored already (a retried batch whose commit did happen) is skipped too.
+    existing = set()
+    for placeholders, batch in _in_lists(sorted({row.owner for row in rows})):
+        found = yield select(f"SELECT username FROM users WHERE username IN ({placeholders})", *batch)
+        existing.update(username for (username,) in found)
+    kept = [row for row in rows if row.owner in existing]
+    stored = 0
+    start = 0
+    for size in _chunk_sizes(len(kept)):
+        chunk = kept[start : start + size]
+        start += size
+        params = [value for row in chunk
+                  for value in (row.seq, row.tag, row.owner, row.with_bare, row.with_resource, row.stanza_xml)]
+        stored += yield execute(
+            f"INSERT INTO mam_archive ({_ARCHIVE_COLUMNS}) VALUES "
+            + ", ".join(["(?, ?, ?, ?, ?, ?)"] * size)
+            + " ON CONFLICT (seq) DO NOTHING",
+            *params,
+        )
+    return stored
+
+
+def _archive_where(owner: str, where: ArchiveFilter) -> tuple[str, list[Any]]:
+    clauses = ["owner = ?"]
+    params: list[Any] = [owner]
+    if where.with_bare is not None:
+        clauses.append("with_bare = ?")
+        params.append(where.with_bare)
+        if where.with_resource is not None:
+            clauses.append("with_resource = ?")
+            params.append(where.with_resource)
+    for column_test, value in (("seq >= ?", where.start), ("seq <= ?", where.end),
+                               ("seq > ?", where.after), ("seq < ?", where.before)):
+        if value is not None:
+            clauses.append(column_test)
+            params.append(value)
+    if where.ids is not None:
+        ids = sorted(set(where.ids)) or [-1]   # no ids: nothing matches
+        ids += ids[-1:] * ((1 << (len(ids) - 1).bit_length()) - len(ids))   # few statement texts, as _in_lists
+        clauses.append(f"seq IN ({', '.join('?' * len(ids))})")
+        params.extend(ids)
+    return " AND ".join(clauses), params
+
+
+def _mam_query(owner, where, limit, backwards, offset, known):
+    if known:
+        wanted = sorted({seq for seq, _ in known})
+        found = set()
+        for placeholders, batch in _in_lists(wanted):
+            rows = yield select(f"SELECT seq, tag FROM mam_archive WHERE owner = ? AND seq IN ({placeholders})",
+                                owner, *batch)
+            found.update(rows)
+        if any((seq, tag) not in found for seq, tag in known):
+            return None
+    condition, params = _archive_where(owner, where)
+    order = "DESC" if backwards else "ASC"
+    sql = (f"SELECT seq, tag, with_bare, stanza_xml FROM mam_archive WHERE {condition}"
+           f" ORDER BY seq {order} LIMIT ?")
+    params.append(limit)
+    if offset:
+        sql += " OFFSET ?"
+        params.append(offset)
+    rows = yield select(sql, *params)
+    return [ArchivedMessage(seq, tag, with_bare, stanza_xml) for seq, tag, with_bare, stanza_xml in rows]
+
+
+def _mam_count(owner, where):
+    condition, params = _archive_where(owner, where)
+    [(count,)] = yield select(f"SELECT COUNT(*) FROM mam_archive WHERE {condition}", *params)
+    return count
+
+
+def _mam_bounds(owner):
+    ends = []
+    for order in ("ASC", "DESC"):
+        rows = yield select(f"SELECT seq, tag, with_bare, stanza_xml FROM mam_archive WHERE owner = ?"
+                            f" ORDER BY seq {order} LIMIT 1", owner)
+        if not rows:
+            return None
+        ends.append(ArchivedMessage(*rows[0]))
+    return ends[0], ends[1]
+
+
+def _mam_prefs(username):
+    rows = yield select(
+        "SELECT p.default_mode, p.always_jids, p.never_jids FROM users u"
+        " LEFT JOIN mam_prefs p ON p.username = u.username WHERE u.username = ?",
+        username,
+    )
+    if not rows:
+        return False, None
+    default, always, never = rows[0]
+    if default is None:
+        return True, None
+    return True, ArchivePrefs(default, tuple(always.split("\n")) if always else (),
+                              tuple(never.split("\n")) if never else ())
+
+
+def _mam_set_prefs(username, prefs):
+    yield execute(
+        "INSERT INTO mam_prefs (username, default_mode, always_jids, never_jids) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (username) DO UPDATE SET default_mode = excluded.default_mode,"
+        " always_jids = excluded.always_jids, never_jids = excluded.never_jids",
+        username, prefs.default, "\n".join(prefs.always), "\n".join(prefs.never),
+    )
+
+
+def _mam_expire(before_seq, limit):
+    # A bounded batch through the primary key, so expiry never holds a long transaction
+    # (or SQLite's one worker thread) on a big archive; the caller repeats while it is full.
+    return (yield execute(
+        "DELETE FROM mam_archive WHERE seq IN (SELECT seq FROM mam_archive WHERE seq < ? ORDER BY seq LIMIT ?)",
+        before_seq, limit,
+    ))
+
+
+def _mam_last_seq():
+    [(last,)] = yield select("SELECT MAX(seq) FROM mam_archive")
+    return last or 0
