@@ -11,6 +11,8 @@ two schemas are the same text, differing only in that table:
                (SQLite may reuse the id of the newest row once it is deleted)
   {COUNTER}    the same, but an id is never given out twice, even after its
                row is deleted (an id handed to a client stays unambiguous)
+  {BIGKEY}     a 64-bit integer primary key the application assigns (SQLite's
+               rowid, so the table is ordered by it without another index)
   {TIMESTAMP}  a point in time (SQLite has no such type and stores text; see
                sql._timestamp_param for the one format written, which sorts
                in time order as text)
@@ -39,6 +41,7 @@ DIALECT_WORDS = {
         "SERIAL": "INTEGER PRIMARY KEY",  # the rowid: a new row gets max(rowid) + 1
         "COUNTER": "INTEGER PRIMARY KEY AUTOINCREMENT",  # the rowid, above any it ever had (sqlite_sequence)
         "TIMESTAMP": "TEXT",
+        "BIGKEY": "INTEGER PRIMARY KEY",
     },
     "postgresql": {
         "KEY": 'TEXT COLLATE "C"',  # not the database's locale
@@ -46,6 +49,7 @@ DIALECT_WORDS = {
         "SERIAL": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
         "COUNTER": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",  # a sequence never goes back
         "TIMESTAMP": "TIMESTAMPTZ",
+        "BIGKEY": "BIGINT PRIMARY KEY",
     },
 }
 
