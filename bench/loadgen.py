@@ -466,7 +466,10 @@ class WorkerPool:
         for pipe in self.pipes:
             if not pipe.poll(max(0.0, deadline - time.monotonic())):
                 raise TimeoutError(f"a load-generator worker did not answer within {timeout:.0f} s")
-            result = pipe.recv()
+            try:
+                result = pipe.recv()
+            except (EOFError, OSError) as error:
+                raise RuntimeError(f"a load-generator worker died ({error!r}); see its traceback above") from None
             if "error" in result:
                 raise RuntimeError(f"load-generator worker failed: {result['error']}")
             results.append(result)

@@ -21,7 +21,8 @@ from bench.loadgen import Target, WorkerPool, split
 from bench.push_latency import cpu_seconds, machine_cpu, percentile
 from bench.servers import Server
 
-SETTLE = 2.0        # seconds for a server to finish its work after a phase, before RSS is read
+SETTLE = 10.0       # seconds for a server to finish its work (and its garbage collector to catch up,
+                    # ejabberd's and Prosody's too) after a phase, before RSS is read
 
 
 @dataclass(frozen=True)

@@ -292,9 +292,19 @@ class Ejabberd(Server):
         self.node = f"bench{os.getpid()}@localhost"
         self.conf, self.spool, self.logs = (self.workdir / part for part in ("conf", "spool", "logs"))
 
-    def ctl(self, *arguments: str, what: str, timeout: float = 120.0) -> str:
-        return run_checked(["ejabberdctl", "--config-dir", str(self.conf), "--spool", str(self.spool),
-                            "--logs", str(self.logs), *arguments], what, timeout)
+    def ctl(self, *arguments: str, what: str, timeout: float = 120.0, check: bool = True) -> str:
+        """ejabberdctl for our node. As root it is run as the ejabberd user directly: through its
+        own `su`, PAM would lower the open-files limit to 1,024 and the 1,024th session would fail."""
+        command = ["ejabberdctl", "--config-dir", str(self.conf), "--spool", str(self.spool), "--logs",
+                   str(self.logs), *arguments]
+        as_user = {}
+        if os.geteuid() == 0:
+            ejabberd = pwd.getpwnam("ejabberd")
+            as_user = {"user": ejabberd.pw_uid, "group": ejabberd.pw_gid, "extra_groups": [],
+                       "env": {**os.environ, "HOME": str(self.spool)}, "cwd": str(self.spool)}   # cookie in $HOME
+        if not check:
+            return subprocess.run(command, capture_output=True, text=True, timeout=timeout, **as_user).stdout
+        return run_checked(command, what, timeout, **as_user)
 
     def setup(self, usernames: list[str], password: str) -> None:
         for directory in (self.conf, self.spool, self.logs):
@@ -390,8 +400,7 @@ modules:
         pid = self._beam_pid()
         if pid is None:
             return
-        subprocess.run(["ejabberdctl", "--config-dir", str(self.conf), "--spool", str(self.spool),
-                        "--logs", str(self.logs), "stop"], capture_output=True, timeout=60)
+        self.ctl("stop", what="ejabberdctl stop", timeout=60, check=False)
         deadline = time.monotonic() + 30
         while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
             time.sleep(0.1)
