@@ -21,9 +21,6 @@ from bench.loadgen import Target, WorkerPool, split
 from bench.push_latency import cpu_seconds, machine_cpu, percentile
 from bench.servers import Server
 
-SETTLE = 10.0       # seconds for a server to finish its work (and its garbage collector to catch up,
-                    # ejabberd's and Prosody's too) after a phase, before RSS is read
-
 
 @dataclass(frozen=True)
 class Settings:
@@ -43,12 +40,14 @@ class Settings:
     push_phones: int = 500
     push_rate: float = 1000.0
     push_seconds: float = 10.0
+    settle: float = 10.0    # seconds for a server to finish its work (and its garbage collector, in each
+                            # of the three, to catch up) after a phase, before RSS is read
 
     @classmethod
     def quick(cls, workers: int = 2) -> "Settings":
         return cls(workers=workers, login_clients=100, login_in_flight=20, clients=20, seconds=2.0, rate=200.0,
                    idle_sessions=100, resume_phones=3, resume_rounds=3, push_phones=20, push_rate=50.0,
-                   push_seconds=2.0)
+                   push_seconds=2.0, settle=1.0)
 
     def accounts(self) -> int:
         """Accounts every server needs: the largest client set, plus the resume phones and their sender."""
@@ -191,16 +190,16 @@ class Run:
         or (hibernate) resumable XEP-0198 sessions whose sockets were then cut."""
         s = self.settings
         with self.fresh() as pool:
-            time.sleep(SETTLE)
+            time.sleep(s.settle)
             start = self.server.rss_kib()
             self._login(pool, self.accounts[:s.idle_sessions], 100, 60 + s.idle_sessions / 10, sm=hibernate)
-            time.sleep(SETTLE)
+            time.sleep(s.settle)
             live = self.server.rss_kib()
             result = {"scenario": scenario, "sessions": s.idle_sessions, "rss_start_kib": start,
                       "rss_live_kib": live, "kib_per_live_session": round((live - start) / s.idle_sessions, 2)}
             if hibernate:
                 pool.run("drop", [{}] * len(pool.pids), 60)
-                time.sleep(SETTLE)
+                time.sleep(s.settle)
                 hibernated = self.server.rss_kib()
                 result.update(rss_hibernated_kib=hibernated,
                               kib_per_hibernated_session=round((hibernated - start) / s.idle_sessions, 2))
