@@ -302,8 +302,7 @@ class Worker:
             if now_ns <= deadline_ns:
                 received += 1
                 latencies.append(min((now_ns - sent_ns) // 1000, 0xFFFFFFFF))
-                if sender < len(pairs):
-                    send(sender)
+                send(sender)
 
         for _, receiver in pairs:
             receiver.connection.on_message = on_message
