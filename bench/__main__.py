@@ -58,7 +58,8 @@ def machine() -> str:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.machine())
     memory = int(Path("/proc/meminfo").read_text().split()[1]) // 1024 // 1024
-    return f"{os.cpu_count()} CPUs ({model}), {memory} GiB, Linux {platform.release()}, Python {platform.python_version()}"
+    return (f"{os.cpu_count()} CPUs ({model}), {memory} GiB, Linux {platform.release()}, "
+            f"Python {platform.python_version()}")
 
 
 def raise_file_limit() -> None:
