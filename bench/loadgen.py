@@ -256,6 +256,11 @@ class Worker:
         self.target: Target | None = None
         self.clients: list[Client] = []
 
+    async def ready(self) -> dict:
+        """Answered once the process has started and imported everything (so that start-up is not
+        measured as load-generator CPU)."""
+        return {}
+
     async def login(self, target: Target, usernames: list[str], concurrency: int, sm: bool = False,
                     presence: bool = True) -> dict:
         """Log the accounts in, at most `concurrency` at once; keeps the connections."""
@@ -452,6 +457,7 @@ class WorkerPool:
             process.start()
             self.pipes.append(ours)
             self.processes.append(process)
+        self.run("ready", [{}] * count, 60)
 
     @property
     def pids(self) -> list[int]:
