@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import itertools
 import json
 import os
 import platform
 import resource
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -95,12 +97,26 @@ def pick(result: dict, path: tuple[str, ...]):
     return value
 
 
+def median_of(values):
+    """The median of a figure over the repetitions (--repeat); a text cell is the first run's."""
+    values = [value for value in values if value is not None]
+    if not values:
+        return None
+    if not all(isinstance(value, (int, float)) for value in values):
+        return values[0]
+    return round(statistics.median(values), 2)
+
+
 def table(results: list[dict], servers: list[str]) -> str:
+    """One row per figure, one column per server (the median over repetitions), and xmppd's ratios."""
     others = [name for name in servers if name != "xmppd"]
     header = ["scenario", "figure", *servers, *(f"xmppd÷{name}" for name in others if "xmppd" in servers)]
     lines = [header]
     for scenario, label, path, better in ROWS:
-        by_server = {r["server"]: r for r in results if r["scenario"] == scenario and "error" not in r}
+        by_server: dict[str, list[dict]] = {}
+        for result in results:
+            if result["scenario"] == scenario and "error" not in result:
+                by_server.setdefault(result["server"], []).append(result)
         failed = {r["server"] for r in results if r["scenario"] == scenario and "error" in r}
         if not by_server and not failed:
             continue
@@ -110,7 +126,7 @@ def table(results: list[dict], servers: list[str]) -> str:
             if name in failed:
                 cells.append("error")
             elif name in by_server:
-                values[name] = pick(by_server[name], path)
+                values[name] = median_of(pick(result, path) for result in by_server[name])
                 cells.append("–" if values[name] is None else str(values[name]))
             else:
                 cells.append("–")
@@ -140,6 +156,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     parser.add_argument("--login-clients", type=int, help="accounts that log in in the login scenario")
     parser.add_argument("--sessions", type=int, help="sessions of the memory scenarios")
     parser.add_argument("--push-seconds", type=float, help="duration of the push scenario")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run each scenario this many times per server, alternating servers; the table "
+                             "shows medians")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (servers' logs)")
     args = parser.parse_args(argv)
     servers = [name for name in args.servers.split(",") if name]
@@ -157,6 +176,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
                "login_clients": args.login_clients, "idle_sessions": args.sessions,
                "push_seconds": args.push_seconds}
     settings = dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     if min(settings.workers, settings.clients, settings.login_clients, settings.idle_sessions) < 1 or \
             settings.seconds <= 0 or settings.rate <= 0 or settings.clients % 2 or \
             settings.clients < 2 * settings.workers:
@@ -183,20 +204,22 @@ def main(argv: list[str] | None = None) -> int:
             except (ServerUnavailable, subprocess.CalledProcessError, RuntimeError) as error:
                 print(f"bench: {name} cannot run: {error}", file=sys.stderr)
                 failed = True
-        for scenario in args.scenarios:
-            for name in args.servers:
-                if name not in runs or (SCENARIOS[scenario] is not None and name not in SCENARIOS[scenario]):
-                    continue
-                try:
-                    result = push(settings) if scenario == "push" else getattr(runs[name], scenario)()
-                except Exception as error:       # one scenario's failure must not hide the others' figures
-                    traceback.print_exc(file=sys.stderr)
-                    result = {"scenario": scenario, "error": f"{type(error).__name__}: {error}"}
-                    failed = True
-                labelled = {"scenario": scenario, "server": name, "version": servers[name].version(), **stamp}
-                result = {**labelled, **{key: value for key, value in result.items() if key not in labelled}}
-                results.append(result)
-                print(json.dumps(result), flush=True)
+        # Repetitions alternate between the servers, so that a burst of other work on the machine
+        # does not land on one server's only run.
+        for scenario, repetition, name in itertools.product(args.scenarios, range(args.repeat), args.servers):
+            if name not in runs or (SCENARIOS[scenario] is not None and name not in SCENARIOS[scenario]):
+                continue
+            try:
+                result = push(settings) if scenario == "push" else getattr(runs[name], scenario)()
+            except Exception as error:       # one scenario's failure must not hide the others' figures
+                traceback.print_exc(file=sys.stderr)
+                result = {"scenario": scenario, "error": f"{type(error).__name__}: {error}"}
+                failed = True
+            labelled = {"scenario": scenario, "server": name, "version": servers[name].version(),
+                        "repetition": repetition + 1, **stamp}
+            result = {**labelled, **{key: value for key, value in result.items() if key not in labelled}}
+            results.append(result)
+            print(json.dumps(result), flush=True)
     finally:
         for server in servers.values():
             server.cleanup()

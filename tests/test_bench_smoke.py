@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.__main__ import table
 from bench.loadgen import Connection, split
 from bench.scenarios import SCENARIOS
 
@@ -78,3 +79,19 @@ def test_split_keeps_conversation_pairs_in_one_worker():
     parts = split(list(range(10)), 3)
     assert [len(part) for part in parts] == [2, 4, 4] and sum(parts, []) == list(range(10))
     assert all(len(part) % 2 == 0 for part in split(list(range(200)), 4))
+
+
+def test_table_shows_the_median_of_repetitions_and_xmppds_ratio():
+    results = [{"scenario": "throughput", "server": server, "received_per_s": rate,
+                "cpu_share": {"server": 0.5, "generator": 0.25}}
+               for server, rate in (("xmppd", 300.0), ("ejabberd", 100.0), ("xmppd", 100.0), ("ejabberd", 50.0),
+                                    ("xmppd", 200.0), ("ejabberd", 400.0))]
+    results.append({"scenario": "login", "server": "ejabberd", "error": "RuntimeError: boom"})
+    lines = table(results, ["xmppd", "ejabberd"]).splitlines()[1:]
+
+    def row(scenario: str, label: str) -> str:
+        return next(line for line in lines if line.startswith(scenario + " ") and label in line)
+
+    assert row("throughput", "messages received/s").split()[-3:] == ["200.0", "100.0", "2.00"]
+    assert "0.5 / 0.25" in row("throughput", "CPU share server / generator")
+    assert row("login", "logins/s").split()[-1] == "error"
