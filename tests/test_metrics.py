@@ -64,6 +64,11 @@ def test_metrics_count_connections_sessions_stanzas_and_offline_messages(served)
     assert sample(text, 'xmppd_stanzas_total{direction="out",kind="presence"}') >= 1   # the presence echo
     assert sample(text, "xmppd_journal_commits_total") >= 1
     assert sample(text, "xmppd_journal_pending") == 0
+    # Storage latency by operation: the logins read credentials, the journal wrote the messages.
+    assert sample(text, 'xmppd_storage_operation_seconds_count{operation="get_credentials"}') >= 1
+    assert sample(text, 'xmppd_storage_operation_seconds_count{operation="write_message_queue"}') >= 1
+    assert sample(text, 'xmppd_storage_operation_seconds_bucket{le="+Inf",operation="get_credentials"}') == \
+        sample(text, 'xmppd_storage_operation_seconds_count{operation="get_credentials"}')
     assert sample(text, 'xmppd_push_publishes_total{result="accepted"}') >= 0
     # What only storage knows is read every few seconds: the three messages show up without a scrape waiting.
     assert "xmppd_offline_messages" in text

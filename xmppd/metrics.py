@@ -84,6 +84,7 @@ class XmppdCollector:
                                   value=journal.failures)
         yield CounterMetricFamily("xmppd_storage_commit_seconds", "Time spent in journal commits (storage "
                                   "latency: divide by xmppd_journal_commits_total).", value=journal.commit_seconds)
+        yield from _storage_latency(getattr(server.storage, "latency", {}))
         push = server.modules.get("push")
         if push is not None:
             family = CounterMetricFamily("xmppd_push_publishes", "Notifications published to app servers "
@@ -99,6 +100,18 @@ class XmppdCollector:
         upload = server.modules.get("upload")
         if upload is not None:
             yield from _upload_metrics(upload)
+
+
+def _storage_latency(latency: dict[str, Any]):
+    family = HistogramMetricFamily("xmppd_storage_operation_seconds", "How long storage calls took, waiting for "
+                                   "the connection included, by operation.", labels=["operation"])
+    for name, histogram in sorted(latency.items()):
+        family.add_metric([name], _buckets(histogram), sum_value=histogram.total)
+    yield family
+
+
+def _buckets(histogram: Any) -> list[tuple[str, int]]:
+    return [(_bucket(bound), count) for bound, count in histogram.cumulative().items()]
 
 
 def _upload_metrics(upload: Any):
@@ -125,8 +138,7 @@ def _app_server_metrics(metrics: Any):
     family = HistogramMetricFamily("xmppd_push_latency_seconds", "From a publish reaching the app server to "
                                    "the provider's answer.", labels=["provider"])
     for provider, histogram in sorted(metrics.latency.items()):
-        buckets = [(_bucket(bound), count) for bound, count in histogram.cumulative().items()]
-        family.add_metric([provider], buckets, sum_value=histogram.total)
+        family.add_metric([provider], _buckets(histogram), sum_value=histogram.total)
     yield family
 
 

@@ -89,6 +89,7 @@ from typing import Any
 
 from lxml import etree
 
+from ..histogram import Histogram
 from ..jid import JID, InvalidJID
 from ..dataforms import NS_DATA, form_type
 from ..stanza import ERROR_TYPES, NS_STANZAS, StanzaError, qname
@@ -161,30 +162,6 @@ def collapse_id_for(registration: AppServerRegistration | None, publisher: str, 
 # -------------------------------------------------------------------------------- metrics
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-
-@dataclass
-class Histogram:
-    """Counts of observations at or below each bound (not cumulative here), their sum and number."""
-
-    bounds: tuple[float, ...] = LATENCY_BUCKETS
-    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
-    total: float = 0.0
-    count: int = 0
-
-    def observe(self, value: float) -> None:
-        index = next((i for i, bound in enumerate(self.bounds) if value <= bound), len(self.bounds))
-        self.counts[index] += 1
-        self.total += value
-        self.count += 1
-
-    def cumulative(self) -> dict[str, int]:
-        """Prometheus-style buckets: "le" bound (as text, "+Inf" last) -> observations at or below it."""
-        out, running = {}, 0
-        for bound, count in zip(self.bounds + (float("inf"),), self.counts):
-            running += count
-            out["+Inf" if bound == float("inf") else repr(bound)] = running
-        return out
 
 
 @dataclass
@@ -707,7 +684,7 @@ class AppServer:
             raise StanzaError("bad-request", str(error)) from None
 
         result = await self._push(app, provider, notification)
-        self.metrics.latency.setdefault(provider.name, Histogram()).observe(time.perf_counter() - arrived)
+        self.metrics.latency.setdefault(provider.name, Histogram(LATENCY_BUCKETS)).observe(time.perf_counter() - arrived)
         return await self._answer(iq, app, provider, node, registration, publisher, result)
 
     def _notification(self, token: str, collapse_id: str, summary: dict[str, list[str]],

@@ -58,6 +58,7 @@ class PostgreSQLStorage(SQLStorage):
     def __init__(self, dsn: str, pool_size: int = 10):
         if pool_size < 1:
             raise StorageError(f"PostgreSQL pool size must be at least 1, not {pool_size}")
+        super().__init__()
         try:
             params = conninfo_to_dict(dsn)
         except psycopg.Error:
@@ -114,7 +115,7 @@ class PostgreSQLStorage(SQLStorage):
         if pool is not None:
             await pool.close()
 
-    async def _run(self, script: Script, *args: Any) -> Any:
+    async def _execute(self, script: Script, *args: Any) -> Any:
         pool = self._pool
         if pool is None:
             raise StorageError(f"PostgreSQL {self._where}: {operation(script)} after close()")

@@ -19,11 +19,13 @@ from __future__ import annotations
 import abc
 import enum
 import operator
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from ..histogram import Histogram
 from .base import Storage, StorageError
 from .models import (ARCHIVE_DEFAULTS, SUBSCRIPTIONS, AppServerRegistration, ArchiveFilter, ArchivePrefs,
                      ArchiveRow, ArchivedMessage, PepItem, PushRegistration, ResumableSession, RosterItem,
@@ -83,11 +85,30 @@ def unknown_user(script: Script, args: tuple) -> StorageError:
     return StorageError(f"{operation(script)}: no such user {args[0]!r}")
 
 
+# Bounds (seconds) of the storage latency histograms: a call takes well under a millisecond when all is well.
+STORAGE_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
 class SQLStorage(Storage):
-    """Storage implemented with the scripts below; a backend supplies _run()."""
+    """Storage implemented with the scripts below; a backend supplies _execute()."""
+
+    def __init__(self) -> None:
+        # operation -> how long its calls took, waiting for the connection included (metrics.py).
+        self.latency: dict[str, Histogram] = {}
+
+    async def _run(self, script: Script, *args: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await self._execute(script, *args)
+        finally:
+            name = operation(script)
+            histogram = self.latency.get(name)
+            if histogram is None:
+                histogram = self.latency[name] = Histogram(STORAGE_LATENCY_BUCKETS)
+            histogram.observe(time.perf_counter() - started)
 
     @abc.abstractmethod
-    async def _run(self, script: Script, *args: Any) -> Any:
+    async def _execute(self, script: Script, *args: Any) -> Any:
         """Drive script(*args) to completion on a connection (in a transaction if atomic)."""
 
     async def create_user(self, username: str, credentials: dict[str, ScramCredentials]) -> bool:

@@ -35,6 +35,7 @@ class SQLiteStorage(SQLStorage):
     """Storage in one SQLite file (or ":memory:")."""
 
     def __init__(self, path: str):
+        super().__init__()
         self._path = path
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
@@ -58,7 +59,7 @@ class SQLiteStorage(SQLStorage):
         await asyncio.get_running_loop().run_in_executor(executor, self._disconnect)
         executor.shutdown(wait=True)
 
-    async def _run(self, script: Script, *args: Any) -> Any:
+    async def _execute(self, script: Script, *args: Any) -> Any:
         if self._executor is None:
             raise StorageError(f"SQLite database {self._path}: {operation(script)} after close()")
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._run_in_thread, script, args)
