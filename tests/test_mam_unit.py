@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 
 from tests.fakes import FakeConnection
 from tests.storage_fixtures import BACKENDS, make_storage
-from xmppd import rsm
+from xmppd import mam, rsm
 from xmppd.aio import settle
 from xmppd.config import parse_config
 from xmppd.importance import is_archived
@@ -340,3 +340,10 @@ def test_a_deleted_account_is_forgotten(backend, tmp_path):
         assert await server.storage.mam_count("bob", ArchiveFilter(with_bare="alice@localhost")) == 1
 
     run_server(backend, tmp_path, test)
+
+
+def test_random_tags_are_32_bit_and_refill():
+    tags = mam.RandomTags(chunk=8)   # two tags per read: the third needs a refill
+    drawn = [tags.next() for _ in range(1000)]
+    assert all(0 <= tag < 2 ** 32 for tag in drawn)
+    assert len(set(drawn)) > 990   # random, not a counter or a repeated chunk

@@ -85,11 +85,10 @@ def wrap(direction: str, message: etree._Element, account: str, to: str) -> etre
 
 def take_private(message: etree._Element) -> bool:
     """Remove a <private/> from a message about to be delivered (XEP-0280 §9); whether it had one."""
-    found = False
-    for child in message.findall(PRIVATE):
+    private = [child for child in message if child.tag == PRIVATE]
+    for child in private:
         message.remove(child)
-        found = True
-    return found
+    return bool(private)
 
 
 class Carbons:

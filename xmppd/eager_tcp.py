@@ -8,7 +8,8 @@ transports try that first), so these connections do the same and hand Twisted
 only what did not fit. From then on Twisted's buffer, its producer
 back-pressure (c2s.py pauses a client that stops reading) and its closing work
 exactly as before; while anything is buffered, new bytes queue behind it, so
-the order never changes.
+the order never changes. Nagle's algorithm is off on these sockets (TCP_NODELAY),
+as ejabberd and Prosody have it: bytes written are sent, not held for an ACK.
 
 Both listeners use it: plain TCP (also after STARTTLS, where the encrypted
 bytes reach the socket through the base class handed to startTLS) and direct
@@ -52,6 +53,12 @@ class _EagerDescriptor(FileDescriptor):
 
 
 class EagerServer(tcp.Server):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Stanzas go out as they are written, often several small sends in a row: with Nagle's
+        # algorithm on, the second waits for the peer's (delayed, ~40 ms) ACK of the first.
+        self.setTcpNoDelay(True)
+
     def write(self, data: bytes) -> None:
         if self.TLS:
             super().write(data)   # through the TLS layer, which comes back via _EagerDescriptor
