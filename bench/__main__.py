@@ -159,6 +159,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     parser.add_argument("--repeat", type=int, default=1,
                         help="run each scenario this many times per server, alternating servers; the table "
                              "shows medians")
+    parser.add_argument("--xmppd-modules", metavar="LIST",
+                        help="xmppd's [modules] enabled, comma-separated (default: its defaults), e.g. without "
+                             "mam to compare with servers that archive nothing")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (servers' logs)")
     args = parser.parse_args(argv)
     servers = [name for name in args.servers.split(",") if name]
@@ -196,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.servers:
             try:
                 ensure_installed(name)
-                server = servers[name] = SERVERS[name](workdir)
+                options = ({"modules": tuple(m for m in args.xmppd_modules.split(",") if m)}
+                           if name == "xmppd" and args.xmppd_modules is not None else {})
+                server = servers[name] = SERVERS[name](workdir, **options)
                 server.setup([f"bench{n}" for n in range(settings.accounts())], password)
                 runs[name] = Run(server, settings, password)
             except (ServerUnavailable, subprocess.CalledProcessError, RuntimeError) as error:

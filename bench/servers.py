@@ -110,13 +110,15 @@ class Server:
 
 
 class Xmppd(Server):
-    """xmppd from this checkout on SQLite, production log level, default modules."""
+    """xmppd from this checkout on SQLite, production log level, default modules unless `modules` names
+    the [modules] enabled list (to compare like with like: Debian's Prosody and ejabberd archive nothing)."""
 
     name = "xmppd"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, modules: tuple[str, ...] | None = None) -> None:
         super().__init__(workdir)
         self.process: XmppdProcess | None = None
+        self.modules = modules
 
     def setup(self, usernames: list[str], password: str) -> None:
         cert, key = str(self.workdir / "localhost.crt"), str(self.workdir / "localhost.key")
@@ -127,7 +129,7 @@ max_unauthenticated_per_address = 100000
 
 [auth]
 allow_unencrypted_plain = true
-""")
+""" + ("" if self.modules is None else f"\n[modules]\nenabled = {json.dumps(list(self.modules))}\n"))
         self.port = self.process.port
         # The harness logs at debug for tests; the benchmark runs at the production default.
         config = self.process.config_path
@@ -148,7 +150,8 @@ allow_unencrypted_plain = true
     def version(self) -> str:
         head = subprocess.run(["git", "-C", str(REPOSITORY), "rev-parse", "--short", "HEAD"],
                               capture_output=True, text=True)
-        return f"xmppd {head.stdout.strip() or 'checkout'}"
+        modules = "" if self.modules is None else f" (modules: {', '.join(self.modules) or 'none'})"
+        return f"xmppd {head.stdout.strip() or 'checkout'}{modules}"
 
     def cleanup(self) -> None:
         if self.process is not None:
