@@ -211,7 +211,8 @@ def test_daemon_runs_as_the_unit_says_and_reports_ready(daemon):
     assert int(unit["LimitNOFILE"][0]) >= 65536, "room for tens of thousands of clients"
     limits = Path(f"/proc/{daemon.process.pid}/limits").read_text()
     assert re.search(rf"Max open files\s+{daemon.open_files_limit}\s+{daemon.open_files_limit}\s", limits), limits
-    assert any(line.startswith("STATUS=serving localhost; listening on 127.0.0.1:5222") for line in daemon.ready)
+    [status] = [line for line in daemon.ready if line.startswith("STATUS=serving localhost; listening on ")]
+    assert "127.0.0.1:5222," in status and "/var/lib/xmppd/xmppd.sock (control)" in status, status
     for port in (daemon.port, daemon.tls_port):
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             pass
