@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
-from .stanza import StanzaError, qname
+from .stanza import STORED_PARSER, StanzaError, qname
 from .storage.models import PepItem
 from .vcard import MAX_VCARD_BYTES, NS_VCARD, VCARD
 
@@ -38,12 +38,10 @@ NS_DATA = "urn:xmpp:avatar:data"
 NS_CONVERSION = "urn:xmpp:pep-vcard-conversion:0"
 PHOTO = qname(NS_VCARD, "PHOTO")
 
-_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, remove_comments=True, remove_pis=True)
-
 
 def vcard_with_photo(vcard_xml: str | None, image_type: str | None, base64_data: str | None) -> str:
     """The vCard (a new one if there is none) with its PHOTO replaced; without data, with no PHOTO."""
-    vcard = etree.fromstring(vcard_xml, _PARSER) if vcard_xml else etree.Element(VCARD, nsmap={None: NS_VCARD})
+    vcard = etree.fromstring(vcard_xml, STORED_PARSER) if vcard_xml else etree.Element(VCARD, nsmap={None: NS_VCARD})
     for old in vcard.findall(PHOTO):
         vcard.remove(old)
     if base64_data:
@@ -102,13 +100,13 @@ class AvatarConversion:
         last = await self.server.storage.pep_items(owner, NS_METADATA, newest=1)
         if not last:
             return None
-        info = etree.fromstring(last[0].payload, _PARSER).find(qname(NS_METADATA, "info"))
+        info = etree.fromstring(last[0].payload, STORED_PARSER).find(qname(NS_METADATA, "info"))
         return info.get("id") if info is not None else None
 
     async def _published(self, owner: str, node: str, item: PepItem) -> None:
         if node != NS_METADATA:
             return
-        metadata = etree.fromstring(item.payload, _PARSER)
+        metadata = etree.fromstring(item.payload, STORED_PARSER)
         infos = [info for info in metadata.iterchildren(qname(NS_METADATA, "info")) if not info.get("url")]
         storage = self.server.storage
         if not infos:
@@ -123,9 +121,9 @@ class AvatarConversion:
             log.info("avatar of %s: metadata names %s, which is not in %s; vCard left alone",
                      owner, info.get("id"), NS_DATA)
             return
-        data = "".join((etree.fromstring(found[0].payload, _PARSER).text or "").split())
+        data = "".join((etree.fromstring(found[0].payload, STORED_PARSER).text or "").split())
         stored = await storage.get_vcard(owner)
-        if stored is not None and _photo_of(etree.fromstring(stored, _PARSER)) == data:
+        if stored is not None and _photo_of(etree.fromstring(stored, STORED_PARSER)) == data:
             return   # the vCard has it already (it may be where the avatar came from)
         xml = vcard_with_photo(stored, info.get("type"), data)
         if len(xml.encode("utf-8")) > MAX_VCARD_BYTES:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from lxml import etree
 
 from .jid import JID, InvalidJID
-from .stanza import qname
+from .stanza import STORED_PARSER, qname
 
 if TYPE_CHECKING:
     from .pep import Pep
@@ -34,8 +34,6 @@ CONFERENCE = qname(NS_BOOKMARKS, "conference")
 # XEP-0402 §4: how the node is published.
 NODE_OPTIONS = {"pubsub#persist_items": ["true"], "pubsub#access_model": ["whitelist"],
                 "pubsub#max_items": ["max"], "pubsub#send_last_published_item": ["never"]}
-
-_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, remove_comments=True, remove_pis=True)
 
 
 def legacy_from_items(items: list[tuple[str, etree._Element]], kept: etree._Element | None) -> etree._Element:
@@ -88,16 +86,16 @@ class BookmarksCompat:
         """storage:bookmarks converted from the account's node; None if it has no node."""
         if NS_BOOKMARKS not in await self.storage.pep_nodes(username):
             return None
-        items = [(item.item_id, etree.fromstring(item.payload, _PARSER))
+        items = [(item.item_id, etree.fromstring(item.payload, STORED_PARSER))
                  for item in await self.storage.pep_items(username, NS_BOOKMARKS)]
-        return legacy_from_items(items, etree.fromstring(stored, _PARSER) if stored else None)
+        return legacy_from_items(items, etree.fromstring(stored, STORED_PARSER) if stored else None)
 
     async def write(self, username: str, storage: etree._Element, publisher: str) -> None:
         """Bring the node to what an older client wrote (extensions of XEP-0402 items it kept are kept)."""
         existing = {}
         has_node = NS_BOOKMARKS in await self.storage.pep_nodes(username)
         if has_node:
-            existing = {item.item_id: etree.fromstring(item.payload, _PARSER)
+            existing = {item.item_id: etree.fromstring(item.payload, STORED_PARSER)
                         for item in await self.storage.pep_items(username, NS_BOOKMARKS)}
         wanted = items_from_legacy(storage)
         for room, conference in wanted.items():

@@ -39,7 +39,7 @@ from .jid import JID, InvalidJID
 from .pep_config import (NODE_CONFIG, NS_PUBSUB, PUBLISH_OPTIONS, BadOption, NodeConfig, apply, config_form,
                          form_values, unmet_precondition)
 from .server import SCOPE_ACCOUNT
-from .stanza import NS_DELAY, StanzaError, child, error_reply, iq_result, make, qname
+from .stanza import NS_DELAY, STORED_PARSER, StanzaError, child, error_reply, iq_result, make, qname
 from .storage.models import PepItem, RosterItem
 
 if TYPE_CHECKING:
@@ -514,14 +514,10 @@ def _serialize(payload: etree._Element) -> str:
     return etree.tostring(deepcopy(payload), encoding="unicode", with_tail=False)
 
 
-# Stored payloads came through the stream parser; parsed again with the same restrictions anyway.
-_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, remove_comments=True, remove_pis=True)
-
-
 def _item_element(ns: str, item: PepItem, with_payload: bool = True) -> etree._Element:
     element = etree.Element(qname(ns, "item"), id=item.item_id)
     if with_payload:
-        element.append(etree.fromstring(item.payload, _PARSER))
+        element.append(etree.fromstring(item.payload, STORED_PARSER))
     return element
 
 

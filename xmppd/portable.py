@@ -34,7 +34,7 @@ from .jid import JID, InvalidJID, normalize_domain, normalize_localpart
 from .roster import GROUP, ITEM, MAX_GROUPS, MAX_NAME_LENGTH, MAX_ROSTER_SIZE, NS_ROSTER, QUERY as ROSTER_QUERY, \
     item_element
 from .sasl import derive_credentials
-from .stanza import MESSAGE, NS_CLIENT, NS_DELAY, PRESENCE, child, make, qname, with_delay
+from .stanza import MESSAGE, NS_CLIENT, NS_DELAY, PRESENCE, STORED_PARSER, child, make, qname, with_delay
 from .storage import Storage, StorageError
 from .storage.models import SCRAM_MECHANISMS, SUBSCRIPTIONS, RosterItem, ScramCredentials
 from .vcard import MAX_VCARD_BYTES, VCARD
@@ -289,7 +289,7 @@ class PendingSubscriptionSection(Section):
     elements = (PRESENCE, qname(NS_PIE, "presence"))
 
     async def export(self, storage, username, domain):
-        return [etree.fromstring(xml, _STORED) for _, xml in await storage.list_pending_subscriptions(username)]
+        return [etree.fromstring(xml, STORED_PARSER) for _, xml in await storage.list_pending_subscriptions(username)]
 
     def parse(self, user, children, context):
         pending: dict[str, str] = {}
@@ -329,7 +329,7 @@ class VCardSection(Section):
 
     async def export(self, storage, username, domain):
         xml = await storage.get_vcard(username)
-        return [] if xml is None else [etree.fromstring(xml, _STORED)]
+        return [] if xml is None else [etree.fromstring(xml, STORED_PARSER)]
 
     def parse(self, user, children, context):
         vcard = children[-1] if children else None
@@ -361,7 +361,7 @@ class OfflineMessageSection(Section):
             for row_id, xml, received_at in rows:
                 after = row_id
                 container.append(etree.fromstring(with_delay(xml.encode(), received_at, domain, "Offline Storage"),
-                                                  _STORED))
+                                                  STORED_PARSER))
             if len(rows) < EXPORT_BATCH:
                 break
         return [container] if len(container) else []
@@ -435,10 +435,6 @@ SECTIONS: list[Section] = [AccountSection(), RosterSection(), PendingSubscriptio
                            OfflineMessageSection()]
 
 # ---------------------------------------------------------------------------------------------- XML helpers
-
-# For data xmppd serialised itself (storage) and for import files (after the DTD check): no entities, no
-# network, no comments or processing instructions kept.
-_STORED = etree.XMLParser(resolve_entities=False, no_network=True, remove_comments=True, remove_pis=True)
 
 
 def _detached(element: etree._Element) -> etree._Element:

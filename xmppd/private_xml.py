@@ -18,7 +18,7 @@ from .bookmarks_compat import FEATURE as BOOKMARKS_COMPAT, NS_LEGACY as NS_LEGAC
 from .jid import JID
 from .router import require_owner
 from .server import SCOPE_ACCOUNT
-from .stanza import StanzaError, iq_result, qname
+from .stanza import STORED_PARSER, StanzaError, iq_result, qname
 
 if TYPE_CHECKING:
     from .server import Server
@@ -31,9 +31,6 @@ QUERY = qname(NS_PRIVATE, "query")
 
 # Serialized size of one stored element: room for thousands of bookmarks, not for filling the disk.
 MAX_PRIVATE_BYTES = 256 * 1024
-
-# Stored elements came through the stream parser; parsed again with the same restrictions anyway.
-_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, remove_comments=True, remove_pis=True)
 
 
 class PrivateXml:
@@ -62,7 +59,7 @@ class PrivateXml:
             stored = await self.server.storage.get_private_xml(to.local, namespace)
             found = await bookmarks.read(to.local, stored) if bookmarks is not None else None
             if found is None:
-                found = etree.fromstring(stored, _PARSER) if stored is not None else deepcopy(element)
+                found = etree.fromstring(stored, STORED_PARSER) if stored is not None else deepcopy(element)
             return iq_result(iq, _query(found))
         xml = None   # an empty element clears
         if len(element) or (element.text or "").strip() or element.attrib:

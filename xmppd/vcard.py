@@ -18,7 +18,7 @@ from lxml import etree
 from .jid import JID
 from .router import require_owner
 from .server import SCOPE_ACCOUNT, SCOPE_SERVER
-from .stanza import StanzaError, iq_result, qname
+from .stanza import STORED_PARSER, StanzaError, iq_result, qname
 
 if TYPE_CHECKING:
     from .server import Server
@@ -31,9 +31,6 @@ VCARD = qname(NS_VCARD, "vCard")
 
 # Serialized size a vCard may have; enough for a small PHOTO, small enough that one user cannot fill the disk.
 MAX_VCARD_BYTES = 64 * 1024
-
-# Stored vCards came through the stream parser, but are parsed with the same restrictions anyway.
-_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, remove_comments=True, remove_pis=True)
 
 
 class VCard:
@@ -52,7 +49,7 @@ class VCard:
             if not own:
                 raise StanzaError("service-unavailable")
             return iq_result(iq, etree.Element(VCARD, nsmap={None: NS_VCARD}))
-        return iq_result(iq, etree.fromstring(stored, _PARSER))
+        return iq_result(iq, etree.fromstring(stored, STORED_PARSER))
 
     async def _set(self, iq: etree._Element, username: str) -> etree._Element:
         vcard = iq[0]
