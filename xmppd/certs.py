@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-import tempfile
 from collections.abc import Sequence
 
 import idna
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
+from xmppd.files import replaced_atomically
 from xmppd.jid import normalize_domain
 
 __all__ = ["generate_self_signed", "certificate_summary"]
@@ -163,16 +163,6 @@ def _der_utf8_decode(der: bytes) -> str:
 
 def _write(path: str, data: bytes, mode: int) -> None:
     """Write atomically (temp file + rename) so a crash never leaves half a key behind."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pem")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with replaced_atomically(path, mode) as out:
+        out.write(data)

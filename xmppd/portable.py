@@ -23,13 +23,14 @@ import copy
 import os
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import IO, Any
 
 from lxml import etree
 
+from .files import replaced_atomically
 from .jid import JID, InvalidJID, normalize_domain, normalize_localpart
 from .roster import GROUP, ITEM, MAX_GROUPS, MAX_NAME_LENGTH, MAX_ROSTER_SIZE, NS_ROSTER, QUERY as ROSTER_QUERY, \
     item_element
@@ -505,21 +506,12 @@ async def export_per_account(storage: Storage, domain: str, directory: str,
 def private_file(path: str) -> Iterator[IO[bytes]]:
     """A new file that only the owner can read (an export holds password keys), moved to `path` once
     complete, so that a failed export never leaves half a file there."""
-    directory = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError as error:
-        raise PortableError(f"cannot write {path}: {error.strerror or error}") from None
-    try:
-        with os.fdopen(descriptor, "wb") as out:
-            yield out
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    with ExitStack() as stack:
+        try:
+            out = stack.enter_context(replaced_atomically(path, 0o600))
+        except OSError as error:
+            raise PortableError(f"cannot write {path}: {error.strerror or error}") from None
+        yield out
 
 
 # ---------------------------------------------------------------------------------------------- import
