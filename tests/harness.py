@@ -17,6 +17,8 @@ from pathlib import Path
 
 import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
 
 from tests.storage_fixtures import backend_config
 from xmppd.sasl import derive_credentials
@@ -252,3 +254,22 @@ def read_until(sock: socket.socket, marker: bytes, limit: int = 1 << 20, timeout
 
 __all__ = ["XmppdProcess", "Client", "AuthFailed", "Disconnected", "iq_error_condition", "run", "raw_connect",
            "read_until", "DOMAIN", "os"]
+
+
+def listening(client: Client) -> Client:
+    """Queue every message the client receives in client.every_message (for drain_messages)."""
+    client.every_message = asyncio.Queue()
+    client.register_handler(Callback("every message", MatchXPath("{jabber:client}message"),
+                                     client.every_message.put_nowait))
+    return client
+
+
+async def drain_messages(client: Client, seconds: float = 1.0) -> list:
+    """Every message that arrives until none has for `seconds`, bodiless ones too (slixmpp's
+    "message" event skips those); the client must be listening()."""
+    messages = []
+    while True:
+        try:
+            messages.append(await asyncio.wait_for(client.every_message.get(), seconds))
+        except asyncio.TimeoutError:
+            return messages

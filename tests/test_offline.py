@@ -5,28 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from slixmpp.xmlstream.handler import Callback
-from slixmpp.xmlstream.matcher import MatchXPath
 
 from tests.conftest import start_xmppd
-from tests.harness import Client, run
-
-
-async def drain_messages(client: Client, seconds: float = 1.0) -> list:
-    """Every message that arrives, bodiless ones too (slixmpp's "message" event skips those)."""
-    messages = []
-    while True:
-        try:
-            messages.append(await asyncio.wait_for(client.every_message.get(), seconds))
-        except asyncio.TimeoutError:
-            return messages
-
-
-def listening(client: Client) -> Client:
-    client.every_message = asyncio.Queue()
-    client.register_handler(Callback("every message", MatchXPath("{jabber:client}message"),
-                                     client.every_message.put_nowait))
-    return client
+from tests.harness import Client, drain_messages, listening, run
 
 
 def test_messages_wait_for_login_in_order_with_delay_stamps(xmppd, account):

@@ -30,11 +30,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from slixmpp.xmlstream.handler import Callback
-from slixmpp.xmlstream.matcher import MatchXPath
 
 from tests.conftest import start_xmppd
-from tests.harness import AuthFailed, Client, free_ports, run
+from tests.harness import AuthFailed, Client, drain_messages, free_ports, listening, run
 from tests.lean_client import LeanClient
 from tests.test_appserver_prosody import stop_process
 from tests.storage_fixtures import run as run_on_fixture_loop
@@ -80,22 +78,6 @@ async def snapshot(storage, usernames):
             [(xml, received_at) for _, xml, received_at in await storage.list_queued(username)],
         )
     return state
-
-
-def listening(client: Client) -> Client:
-    client.every_message = asyncio.Queue()
-    client.register_handler(Callback("every message", MatchXPath("{jabber:client}message"),
-                                     client.every_message.put_nowait))
-    return client
-
-
-async def drain_messages(client: Client, seconds: float = 1.5) -> list:
-    messages = []
-    while True:
-        try:
-            messages.append(await asyncio.wait_for(client.every_message.get(), seconds))
-        except asyncio.TimeoutError:
-            return messages
 
 
 def stamp_of(message) -> datetime:
@@ -166,7 +148,7 @@ def test_round_trip_into_an_empty_server(xmppd, empty_xmppd, tmp_path):
     async def alice_logs_in():
         client = await listening(Client(empty_xmppd, f"{alice}@localhost", passwords[alice])).login()
         client.send_presence()
-        received = await drain_messages(client)
+        received = await drain_messages(client, seconds=1.5)
         assert [m["body"] for m in received] == ["offline 0", "offline 1", "offline 2"]
         assert [stamp_of(m) for m in received] == [received_at for _, received_at in before[alice][3]]
         request = await client.next_presence(types=("subscribe",))
@@ -411,7 +393,7 @@ def test_import_of_ejabberds_piefxis_layout(empty_xmppd):
         romeo_client = await listening(Client(empty_xmppd, "romeo@localhost", "wherefore art thou",
                                               mechanism="SCRAM-SHA-1")).login()
         romeo_client.send_presence()
-        received = await drain_messages(romeo_client)
+        received = await drain_messages(romeo_client, seconds=1.5)
         assert [m["body"] for m in received] == ["Wherefore art thou?", "Deny thy father."]
         assert [stamp_of(m) for m in received] == [datetime(2026, 1, 5, 9, 0, 0, 250000, timezone.utc),
                                                    datetime(2026, 1, 5, 9, 1, 30, 500000, timezone.utc)]
