@@ -41,19 +41,23 @@ def legacy_from_items(items: list[tuple[str, etree._Element]], kept: etree._Elem
     stored element holds besides conferences (<url/> …)."""
     storage = etree.Element(qname(NS_LEGACY, "storage"), nsmap={None: NS_LEGACY})
     for room, conference in items:
-        legacy = etree.SubElement(storage, LEGACY_CONFERENCE, jid=room)
-        if conference.get("name"):
-            legacy.set("name", conference.get("name"))
-        legacy.set("autojoin", "true" if conference.get("autojoin") in ("1", "true") else "false")
-        for name in ("nick", "password"):
-            text = conference.findtext(qname(NS_BOOKMARKS, name))
-            if text is not None:
-                etree.SubElement(legacy, qname(NS_LEGACY, name)).text = text
+        _copy_conference(conference, NS_BOOKMARKS, etree.SubElement(storage, LEGACY_CONFERENCE, jid=room), NS_LEGACY)
     if kept is not None:
         for other in kept:
             if isinstance(other.tag, str) and other.tag != LEGACY_CONFERENCE:
                 storage.append(other)
     return storage
+
+
+def _copy_conference(source: etree._Element, source_ns: str, target: etree._Element, target_ns: str) -> None:
+    """What both formats say of a room: name, autojoin ("1"/"true" or not), nick, password."""
+    if source.get("name"):
+        target.set("name", source.get("name"))
+    target.set("autojoin", "true" if source.get("autojoin") in ("1", "true") else "false")
+    for name in ("nick", "password"):
+        text = source.findtext(qname(source_ns, name))
+        if text is not None:
+            etree.SubElement(target, qname(target_ns, name)).text = text
 
 
 def items_from_legacy(storage: etree._Element) -> dict[str, etree._Element]:
@@ -66,13 +70,7 @@ def items_from_legacy(storage: etree._Element) -> dict[str, etree._Element]:
             log.info("storage:bookmarks with a conference JID that is not one (%r), skipped", legacy.get("jid"))
             continue
         conference = etree.Element(CONFERENCE, nsmap={None: NS_BOOKMARKS})
-        if legacy.get("name"):
-            conference.set("name", legacy.get("name"))
-        conference.set("autojoin", "true" if legacy.get("autojoin") in ("1", "true") else "false")
-        for name in ("nick", "password"):
-            text = legacy.findtext(qname(NS_LEGACY, name))
-            if text is not None:
-                etree.SubElement(conference, qname(NS_BOOKMARKS, name)).text = text
+        _copy_conference(legacy, NS_LEGACY, conference, NS_BOOKMARKS)
         items[room] = conference
     return items
 
