@@ -1,5 +1,6 @@
 """XEP-0198 protocol logic without sockets: AckQueue's counters and timers, and the wire helpers."""
 
+import asyncio
 import pytest
 from lxml import etree
 
@@ -316,3 +317,29 @@ def test_module_an_unreadable_saved_session_is_skipped_and_claims_nothing(caplog
     asyncio.run(scenario())
     assert "saved session id-1 of bob@localhost is unreadable" in caplog.text
     assert "saved session id-2 of bob@localhost is unreadable" in caplog.text
+
+
+def test_module_answers_requests_in_order_even_when_a_later_barrier_settles_first():
+    """Two <r/>: the first waits for a journal commit, the second finds nothing pending. The second
+    answer must not overtake the first (h would go back on the client)."""
+    from xmppd.stream_mgmt import REQUEST
+
+    async def scenario():
+        server, module, _, session, connection = module_setup()
+        enable(server, session)
+        connection.take()
+        loop = asyncio.get_running_loop()
+        first, settled = loop.create_future(), loop.create_future()
+        settled.set_result(None)
+        barriers = iter((first, settled))
+        module.journal.barrier = lambda: next(barriers)
+        session.sm.handled = 11
+        server.nonza_handler(REQUEST)(session, etree.Element(REQUEST))
+        await asyncio.sleep(0)              # the first answer is now waiting for its commit
+        session.sm.handled = 12
+        server.nonza_handler(REQUEST)(session, etree.Element(REQUEST))
+        first.set_result(None)
+        await asyncio.sleep(0.05)
+        assert [a.get("h") for a in connection.take()] == ["11", "12"]
+
+    asyncio.run(scenario())

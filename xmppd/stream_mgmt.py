@@ -22,6 +22,7 @@ and no reactor; StreamManagementModule is the module: nonza handlers, the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -250,6 +251,9 @@ class StreamManagementModule:
         server.on("config-reloaded", self.configure)
         self.journal = server.journal
         self._resumable: dict[str, "Session"] = {}             # resume id -> session
+        # session -> its latest <a/> still waiting for the journal: answers go out in the order asked, so h
+        # never goes back (a later answer whose barrier is already settled would otherwise overtake it).
+        self._answering: dict["Session", asyncio.Future] = {}
         self._ended: OrderedDict[str, tuple[str, int, float]] = OrderedDict()   # id -> (user, h, when)
         server.load_modules(["offline"])   # where unacknowledged messages go when a queue ends
         self.offline = server.module("offline")
@@ -343,10 +347,17 @@ class StreamManagementModule:
         if sm is None:
             session.connection.write(failed_bytes("unexpected-request"))
             return
-        run_soon(self._answer(session, session.connection, sm.handled, self.journal.barrier()),
-                 f"acknowledging stanzas of {session.full}")
+        earlier = self._answering.get(session)
+        answer = run_soon(self._answer(session, session.connection, sm.handled, self.journal.barrier(), earlier),
+                          f"acknowledging stanzas of {session.full}")
+        self._answering[session] = answer
+        answer.add_done_callback(lambda done: self._answering.pop(session, None)
+                                 if self._answering.get(session) is done else None)
 
-    async def _answer(self, session: "Session", connection: Any, h: int, barrier) -> None:
+    async def _answer(self, session: "Session", connection: Any, h: int, barrier,
+                      earlier: asyncio.Future | None) -> None:
+        if earlier is not None:
+            await asyncio.wait((earlier,))
         await barrier
         if session.connection is connection and not session.closed:
             connection.write(answer_bytes(h))
